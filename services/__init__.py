@@ -1,0 +1,1 @@
+"""Keel's services: one package per service plus the shared kit."""

@@ -1,0 +1,1 @@
+"""The shared service kit: what every Keel service needs exactly once."""

@@ -1,0 +1,77 @@
+"""Async SQLAlchemy engine factory for the embedded SQLite default and PostgreSQL.
+
+SQLite (aiosqlite): WAL journal, foreign keys on, a busy timeout. PostgreSQL
+(asyncpg): a bounded pool with pre-ping, a statement timeout, and the
+service's own schema first on the search path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.kit.config import ServiceSettings
+
+
+def database_url(settings: ServiceSettings, service: str) -> str:
+    """The configured URL, or the embedded SQLite file of this service."""
+    if settings.database_url:
+        return settings.database_url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{Path(settings.data_dir).resolve() / f'{service}.db'}"
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    """Whether the engine talks to SQLite."""
+    return engine.dialect.name == "sqlite"
+
+
+def create_engine(
+    url: str,
+    *,
+    schema: str = "",
+    pool_size: int = 10,
+    statement_timeout_ms: int = 10_000,
+) -> AsyncEngine:
+    """An engine configured for the URL's backend. `schema` applies to PostgreSQL only."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"unsupported database backend: {parsed.get_backend_name()}")
+    server_settings: dict[str, Any] = {"statement_timeout": str(statement_timeout_ms)}
+    if schema:
+        server_settings["search_path"] = schema
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"server_settings": server_settings},
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def create_engine_from_settings(settings: ServiceSettings, service: str) -> AsyncEngine:
+    """The engine of one service from its settings."""
+    return create_engine(
+        database_url(settings, service),
+        schema=settings.database_schema,
+        pool_size=settings.database_pool_size,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+    )
