@@ -30,7 +30,9 @@ class Principal:
 
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("keel_request_id", default="")
-principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("keel_principal", default=None)
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "keel_principal", default=None
+)
 peer_var: contextvars.ContextVar[str] = contextvars.ContextVar("keel_peer", default="")
 
 
