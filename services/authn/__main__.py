@@ -1,0 +1,80 @@
+"""Command line of authn: serve (default), `migrate`, `bootstrap-admin --email E`.
+
+bootstrap-admin prints the generated password once, on stdout only, and never logs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from services.authn.clock import SystemClock
+from services.authn.server import SERVICE_NAME, build_domain, build_service, migrate
+from services.authn.settings import AuthnSettings
+from services.kit.config import load_settings
+from services.kit.db import create_engine_from_settings
+from services.kit.logs import setup_logging
+from services.kit.telemetry import setup_tracing, shutdown_tracing
+
+
+async def _serve(settings: AuthnSettings) -> None:
+    service = build_service(settings)
+    await service.start()
+    try:
+        await service.server.serve_until_signalled()
+    finally:
+        await service.stop()
+
+
+async def _migrate(settings: AuthnSettings) -> None:
+    engine = create_engine_from_settings(settings, SERVICE_NAME)
+    try:
+        await migrate(engine, settings)
+    finally:
+        await engine.dispose()
+
+
+async def _bootstrap_admin(settings: AuthnSettings, email: str) -> str:
+    engine = create_engine_from_settings(settings, SERVICE_NAME)
+    try:
+        await migrate(engine, settings)
+        domain = build_domain(settings, engine, SystemClock())
+        result = await domain.users.bootstrap_admin(email)
+    finally:
+        await engine.dispose()
+    if result.created:
+        return f"admin password: {result.password}"
+    return f"admin already exists: {result.email}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m services.authn", description="Keel authn service")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve gRPC (the default)")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    bootstrap = commands.add_parser("bootstrap-admin", help="create the first platform admin if none exists")
+    bootstrap.add_argument("--email", required=True, help="e-mail (login name) of the admin")
+    args = parser.parse_args(argv)
+    settings = load_settings(AuthnSettings)
+    setup_logging(SERVICE_NAME, settings.log_level)
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        return 0
+    if args.command == "bootstrap-admin":
+        line = asyncio.run(_bootstrap_admin(settings, args.email))
+        # stdout only, once: the operator reads it; logs never see it.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        return 0
+    setup_tracing(SERVICE_NAME, settings.otlp_endpoint)
+    try:
+        asyncio.run(_serve(settings))
+    finally:
+        shutdown_tracing()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

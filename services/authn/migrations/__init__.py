@@ -1,0 +1,1 @@
+"""Alembic migrations of authn (applied by services.kit.migrations.upgrade_to_head)."""

@@ -1,0 +1,186 @@
+"""Ed25519 token-signing keys: generation, encryption at rest, rotation and expiry.
+
+States: current (signs new tokens; exactly one, enforced by a unique partial
+index), retired (no longer signs, still published until every token it signed
+has expired: retire time + access-token TTL + leeway) and expired (gone from
+the JWKS, private key erased). Rotation is one transaction that retires the
+current key and inserts the next, so several replicas rotating on the same
+schedule end with one current key: the loser's retire matches no row, or its
+insert hits the unique index, and it simply adopts the winner's key.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.authn.clock import Clock
+from services.authn.crypto import SecretBox
+from services.authn.store import AuthnStore, Conflict, ListQuery, Page, SigningKeyRecord
+
+ALGORITHM = "EdDSA"
+
+
+def _sealing_context(kid: str) -> str:
+    return f"signing_key:{kid}"
+
+
+def public_jwk(record: SigningKeyRecord) -> dict[str, str]:
+    """The public JWK (RFC 8037 OKP) of a key."""
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "kid": record.id,
+        "alg": ALGORITHM,
+        "use": "sig",
+        "x": record.public_x,
+    }
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The key that signs new tokens."""
+
+    kid: str
+    private_key: Ed25519PrivateKey
+
+
+class RotationLost(Exception):
+    """Internal: another replica rotated at the same moment."""
+
+
+class SigningKeys:
+    """Keeps a current signing key and publishes the verifying ones."""
+
+    def __init__(
+        self,
+        store: AuthnStore,
+        box: SecretBox,
+        clock: Clock,
+        *,
+        access_token_ttl: timedelta,
+        leeway: timedelta,
+        rotation_interval: timedelta,
+    ) -> None:
+        self._store = store
+        self._box = box
+        self._clock = clock
+        self._publish_after_retire = access_token_ttl + leeway
+        self._rotation_interval = rotation_interval
+        self._private_keys: dict[str, Ed25519PrivateKey] = {}
+
+    def _generate(self, now: datetime) -> SigningKeyRecord:
+        private_key = Ed25519PrivateKey.generate()
+        kid = secrets.token_urlsafe(16)
+        pem = private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        raw_public = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self._private_keys[kid] = private_key
+        return SigningKeyRecord(
+            id=kid,
+            algorithm=ALGORITHM,
+            state="current",
+            private_key_sealed=self._box.seal(pem, _sealing_context(kid)),
+            public_x=base64.urlsafe_b64encode(raw_public).decode().rstrip("="),
+            create_time=now,
+            retire_time=None,
+            expire_time=None,
+        )
+
+    async def ensure_current(self) -> SigningKeyRecord:
+        """The current key, generating the first one when there is none."""
+        async with self._store.transaction() as tx:
+            current = await tx.current_signing_key()
+        if current is not None:
+            return current
+        try:
+            async with self._store.transaction() as tx:
+                record = self._generate(self._clock.now())
+                await tx.insert_signing_key(record)
+                return record
+        except Conflict:
+            return await self._read_current()
+
+    async def _read_current(self) -> SigningKeyRecord:
+        async with self._store.transaction() as tx:
+            current = await tx.current_signing_key()
+        if current is None:
+            raise RuntimeError("no current signing key after a concurrent rotation")
+        return current
+
+    async def rotate(self) -> SigningKeyRecord:
+        """Retires the current key now and makes a new one current."""
+        return await self._rotate(only_if_older_than=None)
+
+    async def rotate_if_due(self) -> bool:
+        """Rotates when the current key is older than the rotation interval; whether it did."""
+        before = await self.ensure_current()
+        if self._clock.now() - before.create_time < self._rotation_interval:
+            return False
+        after = await self._rotate(only_if_older_than=self._rotation_interval)
+        return after.id != before.id
+
+    async def _rotate(self, *, only_if_older_than: timedelta | None) -> SigningKeyRecord:
+        now = self._clock.now()
+        try:
+            async with self._store.transaction() as tx:
+                current = await tx.current_signing_key()
+                if current is not None:
+                    if only_if_older_than is not None and now - current.create_time < only_if_older_than:
+                        return current
+                    if not await tx.retire_signing_key(current.id, now, now + self._publish_after_retire):
+                        raise RotationLost
+                record = self._generate(now)
+                await tx.insert_signing_key(record)
+                return record
+        except (RotationLost, Conflict):
+            return await self._read_current()
+
+    async def expire_due(self) -> int:
+        """Unpublishes retired keys whose tokens have all expired; how many."""
+        async with self._store.transaction() as tx:
+            count = await tx.expire_signing_keys(self._clock.now())
+        return count
+
+    async def signer(self) -> Signer:
+        """The current key with its private half (decrypted once per process)."""
+        current = await self.ensure_current()
+        private_key = self._private_keys.get(current.id)
+        if private_key is None:
+            pem = self._box.open(current.private_key_sealed, _sealing_context(current.id))
+            loaded = serialization.load_pem_private_key(pem, password=None)
+            if not isinstance(loaded, Ed25519PrivateKey):
+                raise RuntimeError(f"signing key {current.id} is not an Ed25519 key")
+            private_key = loaded
+            self._private_keys[current.id] = private_key
+        return Signer(current.id, private_key)
+
+    async def jwks(self) -> list[dict[str, Any]]:
+        """The public keys verifiers must accept now: the current one and unexpired retired ones."""
+        async with self._store.transaction() as tx:
+            records = await tx.published_signing_keys(self._clock.now())
+        return [public_jwk(record) for record in records]
+
+    def state_of(self, record: SigningKeyRecord) -> str:
+        """The state as of now (a retired key past its expiry reads as expired before the sweep)."""
+        if (
+            record.state == "retired"
+            and record.expire_time is not None
+            and record.expire_time <= self._clock.now()
+        ):
+            return "expired"
+        return record.state
+
+    async def list(self, query: ListQuery) -> Page[SigningKeyRecord]:
+        """One page of keys, newest first."""
+        async with self._store.transaction() as tx:
+            return await tx.list_signing_keys(query)
