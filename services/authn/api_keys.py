@@ -222,16 +222,14 @@ class ApiKeys:
                 # Same work as a hit, so timing does not tell a known public id from an unknown one.
                 self._hasher.matches(secret, _HASH_PURPOSE, "0" * 64)
                 raise Unauthenticated("invalid API key", reason=REASON_INVALID_API_KEY)
-            secret_record, key = found
+            secret_record, key = found.secret, found.key
             usable = (
                 self._hasher.matches(secret, _HASH_PURPOSE, secret_record.secret_hash)
                 and key.state == "active"
+                and found.principal_state == "active"
                 and (key.expire_time is None or key.expire_time > now)
                 and (secret_record.expire_time is None or secret_record.expire_time > now)
             )
-            if usable:
-                principal = await tx.principal_state(key.principal_id)
-                usable = principal is not None and principal[1] == "active"
             if not usable:
                 raise Unauthenticated("invalid API key", reason=REASON_INVALID_API_KEY)
             if key.last_use_time is None or key.last_use_time < now - LAST_USE_RESOLUTION:

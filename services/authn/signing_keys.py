@@ -43,6 +43,9 @@ def public_jwk(record: SigningKeyRecord) -> dict[str, str]:
     }
 
 
+SIGNER_CACHE_SECONDS = timedelta(seconds=30)
+
+
 @dataclass(frozen=True)
 class Signer:
     """The key that signs new tokens."""
@@ -74,6 +77,11 @@ class SigningKeys:
         self._publish_after_retire = access_token_ttl + leeway
         self._rotation_interval = rotation_interval
         self._private_keys: dict[str, Ed25519PrivateKey] = {}
+        # Another replica may rotate: a cached signer is re-read after this long. It stays below
+        # the leeway, so a token signed just after a remote rotation still expires before its
+        # (retired) key leaves the JWKS.
+        self._signer_ttl = min(SIGNER_CACHE_SECONDS, leeway / 2)
+        self._cached_signer: tuple[Signer, datetime] | None = None
 
     def _generate(self, now: datetime) -> SigningKeyRecord:
         private_key = Ed25519PrivateKey.generate()
@@ -130,6 +138,7 @@ class SigningKeys:
         return after.id != before.id
 
     async def _rotate(self, *, only_if_older_than: timedelta | None) -> SigningKeyRecord:
+        self._cached_signer = None
         now = self._clock.now()
         try:
             async with self._store.transaction() as tx:
@@ -152,7 +161,10 @@ class SigningKeys:
         return count
 
     async def signer(self) -> Signer:
-        """The current key with its private half (decrypted once per process)."""
+        """The current key with its private half (decrypted once per process, re-read within a bound)."""
+        now = self._clock.now()
+        if self._cached_signer is not None and now - self._cached_signer[1] < self._signer_ttl:
+            return self._cached_signer[0]
         current = await self.ensure_current()
         private_key = self._private_keys.get(current.id)
         if private_key is None:
@@ -162,7 +174,9 @@ class SigningKeys:
                 raise RuntimeError(f"signing key {current.id} is not an Ed25519 key")
             private_key = loaded
             self._private_keys[current.id] = private_key
-        return Signer(current.id, private_key)
+        signer = Signer(current.id, private_key)
+        self._cached_signer = (signer, now)
+        return signer
 
     async def jwks(self) -> list[dict[str, Any]]:
         """The public keys verifiers must accept now: the current one and unexpired retired ones."""

@@ -31,8 +31,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     case,
     delete,
+    func,
     insert,
     literal,
     or_,
@@ -214,6 +216,23 @@ idempotency = kit_idempotency.idempotency_table(metadata)
 # --- records -----------------------------------------------------------------------------------------
 
 
+# The API-key exchange reads the secret, its key and the principal's state in one statement,
+# built once: constructing a SELECT costs more than running it on SQLite.
+_API_KEY_LOOKUP = (
+    select(
+        *(column.label(f"secret_{column.name}") for column in api_key_secrets.c),
+        *(column.label(f"key_{column.name}") for column in api_keys.c),
+        func.coalesce(users.c.state, service_accounts.c.state).label("principal_state"),
+    )
+    .select_from(
+        api_key_secrets.join(api_keys, api_keys.c.id == api_key_secrets.c.api_key_id)
+        .outerjoin(users, users.c.id == api_keys.c.principal_id)
+        .outerjoin(service_accounts, service_accounts.c.id == api_keys.c.principal_id)
+    )
+    .where(api_key_secrets.c.public_id == bindparam("public_id"))
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class UserRecord:
     """A row of `users`."""
@@ -269,6 +288,16 @@ class ApiKeySecretRecord:
     secret_hash: str = dataclasses.field(repr=False)
     create_time: datetime
     expire_time: datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiKeyLookup:
+    """What an API-key exchange needs in one read: the secret, its key, the principal's state."""
+
+    secret: ApiKeySecretRecord
+    key: ApiKeyRecord
+    # None when the principal no longer exists.
+    principal_state: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -693,15 +722,22 @@ class AuthnTx:
             where=api_keys.c.principal_id == principal_id,
         )
 
-    async def find_api_key_secret(self, public_id: str) -> tuple[ApiKeySecretRecord, ApiKeyRecord] | None:
-        """The secret with this public id and its key, or None."""
-        secret = await self._one(
-            ApiKeySecretRecord, select(api_key_secrets).where(api_key_secrets.c.public_id == public_id)
-        )
-        if secret is None:
+    async def find_api_key_secret(self, public_id: str) -> ApiKeyLookup | None:
+        """The secret with this public id, its key and the state of the key's principal, or None.
+
+        One prebuilt statement: this is the hot path of every API-key exchange.
+        """
+        row = (await self.conn.execute(_API_KEY_LOOKUP, {"public_id": public_id})).first()
+        if row is None:
             return None
-        key = await self._one(ApiKeyRecord, select(api_keys).where(api_keys.c.id == secret.api_key_id))
-        return None if key is None else (secret, key)
+        values = row._asdict()
+        return ApiKeyLookup(
+            secret=ApiKeySecretRecord(
+                **{column.name: values[f"secret_{column.name}"] for column in api_key_secrets.c}
+            ),
+            key=ApiKeyRecord(**{column.name: values[f"key_{column.name}"] for column in api_keys.c}),
+            principal_state=values["principal_state"],
+        )
 
     async def previous_secret_expiry(self, key_id: str, now: datetime) -> datetime | None:
         """The latest expiry among the key's rotated-away secrets still in grace, or None."""

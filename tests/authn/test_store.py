@@ -158,9 +158,9 @@ async def test_deactivate_user_revokes_families_and_keys_in_one_transaction(stor
         assert not await tx.is_family_live("f2")
         found = await tx.find_api_key_secret("0badc0de")
     assert found is not None
-    secret, key = found
-    assert key.state == "revoked"
-    assert secret.expire_time == NOW
+    assert found.key.state == "revoked"
+    assert found.secret.expire_time == NOW
+    assert found.principal_state == "deactivated"
 
 
 async def test_refresh_token_is_spent_once(store: AuthnStore) -> None:
