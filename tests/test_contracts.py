@@ -54,4 +54,3 @@ def test_every_rpc_has_an_http_binding() -> None:
         if not method.GetOptions().HasExtension(annotations_pb2.http)
     ]
     assert missing == []
-

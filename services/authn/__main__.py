@@ -9,9 +9,9 @@ import argparse
 import asyncio
 import sys
 
-from services.authn.clock import SystemClock
 from services.authn.server import SERVICE_NAME, build_domain, build_service, migrate
 from services.authn.settings import AuthnSettings
+from services.kit.clock import SystemClock
 from services.kit.config import load_settings
 from services.kit.db import create_engine_from_settings
 from services.kit.logs import setup_logging

@@ -16,7 +16,6 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from services.authn.clock import Clock
 from services.authn.crypto import SecretHasher
 from services.authn.ids import new_id
 from services.authn.store import (
@@ -29,6 +28,7 @@ from services.authn.store import (
     Page,
     RequestKey,
 )
+from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 
 API_KEY_PREFIX = "keel_ak_"

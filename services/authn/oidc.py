@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 import jwt
 
-from services.authn.clock import Clock, SystemClock
+from services.kit.clock import Clock, SystemClock
 from services.kit.errors import Unauthenticated, Unavailable
 
 # Asymmetric only (RFC 8725 §3.1): `none` and HS* (keyed with the client secret) are never accepted.

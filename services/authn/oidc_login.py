@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.authn.clock import Clock
 from services.authn.crypto import SecretBox, SecretHasher
 from services.authn.ids import new_id
 from services.authn.oidc import OidcClient, OidcIdentity
 from services.authn.store import AuthnStore, Conflict, OidcLoginRecord, UserRecord
 from services.authn.users import MAX_DISPLAY_NAME_LENGTH
+from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 
 REASON_OIDC_NOT_CONFIGURED = "OIDC_NOT_CONFIGURED"

@@ -30,7 +30,6 @@ from services.authn.api_service_accounts import ServiceAccountApi
 from services.authn.api_signing_keys import SigningKeyApi
 from services.authn.api_tokens import TokenApi
 from services.authn.api_users import UserApi
-from services.authn.clock import Clock, SystemClock
 from services.authn.crypto import Keyring
 from services.authn.oidc import OidcClient, OidcProviderConfig
 from services.authn.oidc_login import OidcLogins
@@ -43,9 +42,9 @@ from services.authn.store import AuthnStore
 from services.authn.throttling import LoginThrottle, ThrottleLimits
 from services.authn.tokens import TokenIssuer
 from services.authn.users import Users
+from services.kit.clock import Clock, SystemClock
 from services.kit.context import Principal
 from services.kit.db import create_engine_from_settings
-from services.kit.errors import Unauthenticated
 from services.kit.migrations import upgrade_to_head
 from services.kit.server import KeelServer, Registration
 from services.kit.tokens import JwksCache, TokenVerifier
@@ -64,25 +63,6 @@ REQUEST_ID_RETENTION = timedelta(days=1)
 async def migrate(engine: AsyncEngine, settings: AuthnSettings) -> None:
     """Brings the authn schema to head."""
     await upgrade_to_head(engine, MIGRATIONS, version_table=VERSION_TABLE, schema=settings.database_schema)
-
-
-class LiveSubjectVerifier(TokenVerifier):
-    """The kit's verifier plus authn's own knowledge: the subject and its session are still live.
-
-    Other services accept a signed token until it expires; authn, which holds
-    the state, refuses a deactivated subject's token at once.
-    """
-
-    def __init__(self, jwks: JwksCache, domain: AuthnDomain, **options: object) -> None:
-        super().__init__(jwks, **options)  # type: ignore[arg-type]
-        self._domain = domain
-
-    async def verify_access_token(self, token: str) -> Principal:
-        """The principal of a valid token whose subject is active."""
-        principal = await super().verify_access_token(token)
-        if not await self._domain.is_live(principal):
-            raise Unauthenticated("invalid or expired access token")
-        return principal
 
 
 @dataclass
@@ -147,6 +127,7 @@ def build_domain(
         access_token_ttl=access_ttl,
         leeway=timedelta(seconds=settings.authn_token_leeway_seconds),
         rotation_interval=timedelta(days=settings.authn_signing_key_rotation_days),
+        algorithm=settings.authn_signing_algorithm,
     )
     oidc_client = None
     if settings.oidc_enabled:
@@ -272,29 +253,22 @@ def build_service(
     engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
     domain = build_domain(settings, engine, clock, http)
 
-    def epoch() -> float:
-        return domain.clock.now().timestamp()
-
     jwks = JwksCache(
         domain.signing_keys.jwks,
         # A local query, so refetching on an unknown kid can be frequent.
         min_refetch_interval_seconds=1.0,
         max_age_seconds=60.0,
-        clock=epoch,
+        clock=clock,
     )
-    verifier_options: dict[str, object] = {
-        "issuer": settings.token_issuer,
-        "audience": settings.token_audience,
-        "leeway_seconds": settings.authn_token_leeway_seconds,
-        "clock": epoch,
-    }
-    server_verifier = LiveSubjectVerifier(jwks, domain, **verifier_options)
-    plain_verifier = TokenVerifier(
+    # One verifier for the server's authentication and for IntrospectToken: unlike other
+    # services, authn holds the state, so it refuses a deactivated subject's token at once.
+    verifier = TokenVerifier(
         jwks,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
         leeway_seconds=settings.authn_token_leeway_seconds,
-        clock=epoch,
+        clock=clock,
+        principal_check=domain.is_live,
     )
     registrations = [
         Registration(
@@ -321,8 +295,7 @@ def build_service(
                 tokens=domain.tokens,
                 signing_keys=domain.signing_keys,
                 oidc_logins=domain.oidc_logins,
-                verifier=plain_verifier,
-                is_live=domain.is_live,
+                verifier=verifier,
             ),
         ),
         Registration(
@@ -335,8 +308,8 @@ def build_service(
         SERVICE_NAME,
         settings,
         registrations,
-        server_verifier,
+        verifier,
         PlatformAdminChecker(domain.users),
         max_message_bytes=MAX_REQUEST_BYTES,
     )
-    return AuthnService(domain, server, jwks, server_verifier)
+    return AuthnService(domain, server, jwks, verifier)

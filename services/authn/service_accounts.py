@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from services.authn.clock import Clock
 from services.authn.ids import new_id
 from services.authn.store import AuthnStore, Conflict, ListQuery, Page, RequestKey, ServiceAccountRecord
+from services.kit.clock import Clock
 from services.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from services.kit.fieldmask import check_etag
 

@@ -1,4 +1,4 @@
-"""Ed25519 token-signing keys: generation, encryption at rest, rotation and expiry.
+"""Token-signing keys (ES256 on P-256, or EdDSA on Ed25519): generation, encryption at rest, rotation, expiry.
 
 States: current (signs new tokens; exactly one, enforced by a unique partial
 index), retired (no longer signs, still published until every token it signed
@@ -7,6 +7,10 @@ the JWKS, private key erased). Rotation is one transaction that retires the
 current key and inserts the next, so several replicas rotating on the same
 schedule end with one current key: the loser's retire matches no row, or its
 insert hits the unique index, and it simply adopts the winner's key.
+
+Each key carries its own algorithm. The configured one applies to keys generated
+from then on, so a change takes effect at the next rotation, and keys of the old
+algorithm keep verifying for as long as they are published.
 """
 
 from __future__ import annotations
@@ -15,32 +19,63 @@ import base64
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.authn.clock import Clock
 from services.authn.crypto import SecretBox
 from services.authn.store import AuthnStore, Conflict, ListQuery, Page, SigningKeyRecord
+from services.kit.clock import Clock
 
-ALGORITHM = "EdDSA"
+# The algorithms authn signs with (KEEL_AUTHN_SIGNING_ALGORITHM); the kit verifies both.
+SigningAlgorithm = Literal["ES256", "EdDSA"]
+PrivateKey = ec.EllipticCurvePrivateKey | Ed25519PrivateKey
 
 
 def _sealing_context(kid: str) -> str:
     return f"signing_key:{kid}"
 
 
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
 def public_jwk(record: SigningKeyRecord) -> dict[str, str]:
-    """The public JWK (RFC 8037 OKP) of a key."""
-    return {
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "kid": record.id,
-        "alg": ALGORITHM,
-        "use": "sig",
-        "x": record.public_x,
-    }
+    """The public JWK of a key: RFC 7518 EC (P-256) for ES256, RFC 8037 OKP (Ed25519) for EdDSA."""
+    common = {"kid": record.id, "alg": record.algorithm, "use": "sig", "x": record.public_x}
+    if record.algorithm == "ES256":
+        return {"kty": "EC", "crv": "P-256", **common, "y": record.public_y}
+    if record.algorithm == "EdDSA":
+        return {"kty": "OKP", "crv": "Ed25519", **common}
+    raise ValueError(f"signing key {record.id} has unknown algorithm {record.algorithm!r}")
+
+
+def _new_key(algorithm: SigningAlgorithm) -> tuple[PrivateKey, str, str]:
+    """A fresh private key with its JWK x and y (y is empty for Ed25519)."""
+    if algorithm == "ES256":
+        p256 = ec.generate_private_key(ec.SECP256R1())
+        point = p256.public_key().public_numbers()
+        # RFC 7518 §6.2.1.2: each coordinate is the full 32 bytes, leading zeros included.
+        return p256, _base64url(point.x.to_bytes(32, "big")), _base64url(point.y.to_bytes(32, "big"))
+    ed25519 = Ed25519PrivateKey.generate()
+    raw = ed25519.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return ed25519, _base64url(raw), ""
+
+
+def _load_private_key(record: SigningKeyRecord, pem: bytes) -> PrivateKey:
+    """The private key of a record, refused when it does not fit the record's algorithm."""
+    loaded = serialization.load_pem_private_key(pem, password=None)
+    if (
+        record.algorithm == "ES256"
+        and isinstance(loaded, ec.EllipticCurvePrivateKey)
+        and isinstance(loaded.curve, ec.SECP256R1)
+    ):
+        return loaded
+    if record.algorithm == "EdDSA" and isinstance(loaded, Ed25519PrivateKey):
+        return loaded
+    raise RuntimeError(f"signing key {record.id} is not a {record.algorithm} key")
 
 
 SIGNER_CACHE_SECONDS = timedelta(seconds=30)
@@ -48,10 +83,11 @@ SIGNER_CACHE_SECONDS = timedelta(seconds=30)
 
 @dataclass(frozen=True)
 class Signer:
-    """The key that signs new tokens."""
+    """The key that signs new tokens, with its own algorithm ("ES256" or "EdDSA")."""
 
     kid: str
-    private_key: Ed25519PrivateKey
+    algorithm: str
+    private_key: PrivateKey
 
 
 class RotationLost(Exception):
@@ -70,13 +106,15 @@ class SigningKeys:
         access_token_ttl: timedelta,
         leeway: timedelta,
         rotation_interval: timedelta,
+        algorithm: SigningAlgorithm,
     ) -> None:
         self._store = store
         self._box = box
         self._clock = clock
         self._publish_after_retire = access_token_ttl + leeway
         self._rotation_interval = rotation_interval
-        self._private_keys: dict[str, Ed25519PrivateKey] = {}
+        self._algorithm: SigningAlgorithm = algorithm
+        self._private_keys: dict[str, PrivateKey] = {}
         # Another replica may rotate: a cached signer is re-read after this long. It stays below
         # the leeway, so a token signed just after a remote rotation still expires before its
         # (retired) key leaves the JWKS.
@@ -84,21 +122,19 @@ class SigningKeys:
         self._cached_signer: tuple[Signer, datetime] | None = None
 
     def _generate(self, now: datetime) -> SigningKeyRecord:
-        private_key = Ed25519PrivateKey.generate()
+        private_key, public_x, public_y = _new_key(self._algorithm)
         kid = secrets.token_urlsafe(16)
         pem = private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        raw_public = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
         self._private_keys[kid] = private_key
         return SigningKeyRecord(
             id=kid,
-            algorithm=ALGORITHM,
+            algorithm=self._algorithm,
             state="current",
             private_key_sealed=self._box.seal(pem, _sealing_context(kid)),
-            public_x=base64.urlsafe_b64encode(raw_public).decode().rstrip("="),
+            public_x=public_x,
+            public_y=public_y,
             create_time=now,
             retire_time=None,
             expire_time=None,
@@ -169,12 +205,9 @@ class SigningKeys:
         private_key = self._private_keys.get(current.id)
         if private_key is None:
             pem = self._box.open(current.private_key_sealed, _sealing_context(current.id))
-            loaded = serialization.load_pem_private_key(pem, password=None)
-            if not isinstance(loaded, Ed25519PrivateKey):
-                raise RuntimeError(f"signing key {current.id} is not an Ed25519 key")
-            private_key = loaded
+            private_key = _load_private_key(current, pem)
             self._private_keys[current.id] = private_key
-        signer = Signer(current.id, private_key)
+        signer = Signer(current.id, current.algorithm, private_key)
         self._cached_signer = (signer, now)
         return signer
 

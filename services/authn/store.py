@@ -173,8 +173,10 @@ signing_keys = Table(
     Column("state", String(16), nullable=False),
     # PKCS#8 PEM sealed with AES-256-GCM; emptied once the key has expired.
     Column("private_key_sealed", LargeBinary, nullable=False),
-    # Raw public key, base64url (the JWK "x").
+    # The JWK "x" (base64url): the raw Ed25519 key, or the x coordinate of a P-256 key.
     Column("public_x", String(128), nullable=False),
+    # The JWK "y" (base64url) of a P-256 key; empty for Ed25519.
+    Column("public_y", String(128), nullable=False, server_default=""),
     Column("create_time", UtcDateTime, nullable=False),
     Column("retire_time", UtcDateTime, nullable=True),
     Column("expire_time", UtcDateTime, nullable=True),
@@ -331,6 +333,7 @@ class SigningKeyRecord:
     state: str
     private_key_sealed: bytes = dataclasses.field(repr=False)
     public_x: str
+    public_y: str
     create_time: datetime
     retire_time: datetime | None
     expire_time: datetime | None

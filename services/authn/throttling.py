@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.authn.clock import Clock
 from services.authn.crypto import SecretHasher
 from services.authn.store import AuthnStore, ThrottleRecord
+from services.kit.clock import Clock
 from services.kit.errors import ResourceExhausted
 
 REASON_TOO_MANY_LOGIN_ATTEMPTS = "TOO_MANY_LOGIN_ATTEMPTS"

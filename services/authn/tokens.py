@@ -1,4 +1,4 @@
-"""Access tokens (EdDSA JWTs) and rotating refresh-token families.
+"""Access tokens (JWTs signed by the current signing key, ES256 or EdDSA) and refresh-token families.
 
 An access token is short-lived and self-contained (RFC 9068 profile: header
 typ "at+jwt"). A refresh token is opaque (`keel_rt_` + 32 random bytes) and
@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 
 import jwt
 
-from services.authn.clock import Clock
 from services.authn.crypto import SecretHasher
 from services.authn.ids import new_id
-from services.authn.signing_keys import ALGORITHM, SigningKeys
+from services.authn.signing_keys import SigningKeys
 from services.authn.store import AuthnStore, RefreshTokenRecord
+from services.kit.clock import Clock
 from services.kit.errors import InvalidArgument, Unauthenticated
 
 REFRESH_TOKEN_PREFIX = "keel_rt_"
@@ -98,7 +98,10 @@ class TokenIssuer:
         if session_id:
             claims["sid"] = session_id
         token = jwt.encode(
-            claims, signer.private_key, algorithm=ALGORITHM, headers={"kid": signer.kid, "typ": "at+jwt"}
+            claims,
+            signer.private_key,
+            algorithm=signer.algorithm,
+            headers={"kid": signer.kid, "typ": "at+jwt"},
         )
         return token, expire_time.replace(microsecond=0)
 

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.authn.clock import Clock
 from services.authn.ids import new_id
 from services.authn.passwords import Passwords, check_password_policy
 from services.authn.store import AuthnStore, Conflict, ListQuery, Page, RequestKey, UserRecord
 from services.authn.throttling import LoginThrottle
+from services.kit.clock import Clock
 from services.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from services.kit.fieldmask import check_etag
 

@@ -1,4 +1,4 @@
-"""Fixtures of the authn tests: a manual clock and a real authn server on an ephemeral port.
+"""Fixtures of the authn tests: a real authn server on an ephemeral port, moved by a manual clock.
 
 The server runs in the test's event loop on the shared `database_url` fixture
 (SQLite file or a fresh PostgreSQL database), with a generated master key and
@@ -12,7 +12,6 @@ import base64
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +29,9 @@ from keel.authn.v1 import (
 )
 from services.authn.server import AuthnService, build_service
 from services.authn.settings import AuthnSettings
+from tests.clock import ManualClock
 
 ADMIN_EMAIL = "admin@example.test"
-
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime.now(UTC).replace(microsecond=0)
-
-    def now(self) -> datetime:
-        return self._now
-
-    def advance(self, **delta: float) -> None:
-        self._now += timedelta(**delta)
 
 
 def new_master_key() -> str:

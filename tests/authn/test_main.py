@@ -50,3 +50,15 @@ def test_bad_master_key_is_a_clear_configuration_error(tmp_path: Path) -> None:
     assert "32" in result.stderr
     assert "too-short" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unsupported_signing_algorithm_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    env = {
+        "KEEL_DATA_DIR": str(tmp_path),
+        "KEEL_AUTHN_MASTER_KEY": new_master_key(),
+        "KEEL_AUTHN_SIGNING_ALGORITHM": "HS256",
+    }
+    result = run(["migrate"], env)
+    assert result.returncode != 0
+    assert "KEEL_AUTHN_SIGNING_ALGORITHM" in result.stderr
+    assert "Traceback" not in result.stderr

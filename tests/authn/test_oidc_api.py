@@ -11,8 +11,9 @@ import grpc
 import pytest
 
 from keel.authn.v1 import tokens_pb2, users_pb2
-from tests.authn.conftest import Authn, ManualClock, bearer, start_authn, stop_authn
+from tests.authn.conftest import Authn, bearer, start_authn, stop_authn
 from tests.authn.helpers import bad_fields, expect_error, reason_of
+from tests.clock import ManualClock
 from tests.oidc_provider import OidcTestProvider, complete_login, oidc_provider
 
 __all__ = ["oidc_provider"]

@@ -28,7 +28,7 @@ from services.authn.store import (
     metadata,
 )
 from services.kit.migrations import upgrade_to_head
-from tests.authn.conftest import ManualClock
+from tests.clock import ManualClock
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -190,6 +190,7 @@ async def test_only_one_current_signing_key(store: AuthnStore) -> None:
             state="current",
             private_key_sealed=b"x",
             public_x="x",
+            public_y="",
             create_time=NOW,
             retire_time=None,
             expire_time=None,
@@ -215,6 +216,7 @@ async def test_concurrent_scheduled_rotations_leave_one_current_key(store: Authn
             access_token_ttl=timedelta(minutes=15),
             leeway=timedelta(seconds=60),
             rotation_interval=timedelta(days=30),
+            algorithm="ES256",
         )
 
     first = await replica().ensure_current()

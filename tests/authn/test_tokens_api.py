@@ -7,15 +7,18 @@ import hashlib
 import hmac
 import json
 import secrets
+from pathlib import Path
 
 import grpc
 import jwt
 
 from keel.authn.v1 import signing_keys_pb2, tokens_pb2, users_pb2
+from services.authn.server import build_domain
 from services.kit.config import ServiceSettings
 from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
-from tests.authn.conftest import Authn, bearer
+from tests.authn.conftest import Authn, bearer, start_authn, stop_authn
 from tests.authn.helpers import bad_fields, expect_error, reason_of
+from tests.clock import ManualClock
 
 PASSWORD = "correct horse battery"
 
@@ -96,17 +99,16 @@ async def test_access_token_claims_and_kit_verifier(authn: Authn) -> None:
     )
     response = await authn.tokens.CreateToken(request)
     header = jwt.get_unverified_header(response.access_token)
-    assert header["alg"] == "EdDSA"
+    assert header["alg"] == "ES256"
     assert header["typ"] == "at+jwt"
     assert header["kid"]
     # A verifier configured like any other service, fetching the JWKS over gRPC.
     defaults = ServiceSettings()
-    clock = authn.clock
     verifier = TokenVerifier(
-        JwksCache(jwks_from_authn(authn.channel)),
+        JwksCache(jwks_from_authn(authn.channel), clock=authn.clock),
         issuer=defaults.token_issuer,
         audience=defaults.token_audience,
-        clock=lambda: clock.now().timestamp(),
+        clock=authn.clock,
     )
     principal = await verifier.verify_access_token(response.access_token)
     assert principal.subject == user.id
@@ -153,10 +155,12 @@ async def test_forged_and_misused_tokens_are_rejected(authn: Authn) -> None:
     # Properly signed with authn's own key, but for another audience.
     signer = await authn.service.domain.signing_keys.signer()
     wrong_audience = jwt.encode(
-        {**claims, "aud": "somebody-else"}, signer.private_key, algorithm="EdDSA", headers=header
+        {**claims, "aud": "somebody-else"}, signer.private_key, algorithm=signer.algorithm, headers=header
     )
     # Properly signed but without the access-token typ header.
-    wrong_typ = jwt.encode(claims, signer.private_key, algorithm="EdDSA", headers={"kid": signer.kid})
+    wrong_typ = jwt.encode(
+        claims, signer.private_key, algorithm=signer.algorithm, headers={"kid": signer.kid}
+    )
     # A refresh token where an access token is expected.
     refresh_as_bearer = login.refresh_token
     garbage = secrets.token_urlsafe(40)
@@ -237,8 +241,8 @@ async def test_signing_key_rotation_keeps_old_tokens_until_expiry(authn: Authn) 
     jwks = await authn.tokens.GetJwks(tokens_pb2.GetJwksRequest())
     assert {k.kid for k in jwks.keys} == {old_kid, rotated.id}
     for key in jwks.keys:
-        assert (key.kty, key.crv, key.alg, key.use) == ("OKP", "Ed25519", "EdDSA", "sig")
-        assert len(base64.urlsafe_b64decode(key.x + "=")) == 32
+        assert (key.kty, key.crv, key.alg, key.use) == ("EC", "P-256", "ES256", "sig")
+        assert len(base64.urlsafe_b64decode(key.x + "=")) == len(base64.urlsafe_b64decode(key.y + "=")) == 32
 
     new = await authn.login("hal@example.test", PASSWORD)
     assert jwt.get_unverified_header(new.access_token)["kid"] == rotated.id
@@ -266,6 +270,59 @@ async def test_signing_key_rotation_keeps_old_tokens_until_expiry(authn: Authn) 
         signing_keys_pb2.ListSigningKeysRequest(), metadata=authn.admin
     )
     assert {k.id: k.state for k in listed.signing_keys}[old_kid] == signing_keys_pb2.SigningKey.EXPIRED
+
+
+async def test_rotation_from_eddsa_to_es256_keeps_tokens_of_both_verifiable(
+    database_url: str, tmp_path: Path, clock: ManualClock
+) -> None:
+    authn = await start_authn(database_url, tmp_path, clock, authn_signing_algorithm="EdDSA")
+    try:
+        user = await authn.create_user("jan@example.test")
+        old = await authn.login("jan@example.test", PASSWORD)
+        assert jwt.get_unverified_header(old.access_token)["alg"] == "EdDSA"
+        # A replica configured for ES256 rotates (same database, same master key) ...
+        settings = authn.service.domain.settings.model_copy(update={"authn_signing_algorithm": "ES256"})
+        replica = build_domain(settings, authn.service.domain.engine, clock)
+        rotated = await replica.signing_keys.rotate()
+        # ... and once its signer cache lapses, this server too signs with the new key's algorithm.
+        clock.advance(seconds=31)
+
+        new = await authn.login("jan@example.test", PASSWORD)
+
+        header = jwt.get_unverified_header(new.access_token)
+        assert (header["alg"], header["kid"]) == ("ES256", rotated.id)
+        jwks = await authn.tokens.GetJwks(tokens_pb2.GetJwksRequest())
+        assert sorted((k.kty, k.crv, k.alg, bool(k.y)) for k in jwks.keys) == [
+            ("EC", "P-256", "ES256", True),
+            ("OKP", "Ed25519", "EdDSA", False),
+        ]
+        defaults = ServiceSettings()
+        other_service = TokenVerifier(
+            JwksCache(jwks_from_authn(authn.channel), clock=clock),
+            issuer=defaults.token_issuer,
+            audience=defaults.token_audience,
+            clock=clock,
+        )
+        for token in (old.access_token, new.access_token):
+            assert (await me(authn, token)).id == user.id
+            assert (await other_service.verify_access_token(token)).subject == user.id
+            introspected = await authn.tokens.IntrospectToken(
+                tokens_pb2.IntrospectTokenRequest(token=token), metadata=authn.admin
+            )
+            assert introspected.active
+    finally:
+        await stop_authn(authn)
+
+
+async def test_introspection_reports_a_deactivated_subjects_token_inactive(authn: Authn) -> None:
+    user = await authn.create_user("kim@example.test")
+    login = await authn.login("kim@example.test", PASSWORD)
+    introspect = tokens_pb2.IntrospectTokenRequest(token=login.access_token)
+    assert (await authn.tokens.IntrospectToken(introspect, metadata=authn.admin)).active
+
+    await authn.users.DeactivateUser(users_pb2.DeactivateUserRequest(user_id=user.id), metadata=authn.admin)
+
+    assert not (await authn.tokens.IntrospectToken(introspect, metadata=authn.admin)).active
 
 
 async def test_scheduled_rotation_happens_when_due(authn: Authn) -> None:

@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives import serialization
 
 from keel.authn.v1 import tokens_pb2, tokens_pb2_grpc
 from services.kit import errors
+from services.kit.context import Principal
 from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
+from tests.clock import ManualClock
 from tests.kit.conftest import AUDIENCE, ISSUER, KeySet
 
 
@@ -156,15 +158,45 @@ async def test_token_without_kid_is_rejected(keys: KeySet, verifier: TokenVerifi
 async def test_garbage_is_rejected(verifier: TokenVerifier) -> None:
     await assert_rejected(verifier, "not-a-token")
     await assert_rejected(verifier, "a.b.c")
+    await assert_rejected(verifier, "..")
+    await assert_rejected(verifier, "a.b.c.d")
+
+
+async def test_header_with_non_string_algorithm_or_kid_is_rejected(
+    keys: KeySet, verifier: TokenVerifier
+) -> None:
+    for header in (
+        {"alg": ["EdDSA"], "typ": "at+jwt", "kid": "ed-1"},
+        {"alg": "EdDSA", "typ": "at+jwt", "kid": {}},
+    ):
+        await assert_rejected(verifier, f"{_segment(header)}.{_segment(keys.claims())}.c2ln")
+    assert keys.fetches == 0
+
+
+async def test_valid_token_altered_outside_the_base64url_alphabet_is_rejected(
+    keys: KeySet, verifier: TokenVerifier
+) -> None:
+    token = keys.mint()
+    header, payload, signature = token.split(".")
+
+    for altered in (
+        f"{header}.{payload}.{signature}=",
+        f"{header}.{payload}.{signature[:40]}\n{signature[40:]}",
+        f"{header}.{payload}.{signature[:40]}+{signature[41:]}",
+        f"{header}.{payload}é.{signature}",
+        f" {token}",
+    ):
+        await assert_rejected(verifier, altered)
+    assert (await verifier.verify_access_token(token)).subject == "user-1"
 
 
 async def test_unknown_kid_is_found_after_refetch(keys: KeySet) -> None:
-    now = [1000.0]
-    jwks = JwksCache(keys.fetch, min_refetch_interval_seconds=30, clock=lambda: now[0])
-    verifier = TokenVerifier(jwks, issuer=ISSUER, audience=AUDIENCE)
+    clock = ManualClock()
+    jwks = JwksCache(keys.fetch, min_refetch_interval_seconds=30, clock=clock)
+    verifier = TokenVerifier(jwks, issuer=ISSUER, audience=AUDIENCE, clock=clock)
     await verifier.verify_access_token(keys.mint())
     assert keys.fetches == 1
-    now[0] += 31
+    clock.advance(seconds=31)
     rotated = KeySet()
     keys.published.append({**rotated.published[0], "kid": "ed-2"})
     token = rotated.mint(kid="ed-2")
@@ -182,6 +214,34 @@ async def test_unknown_kid_refetch_is_rate_limited(keys: KeySet, verifier: Token
     await assert_rejected(verifier, keys.mint(kid="nope-1"))
     await assert_rejected(verifier, keys.mint(kid="nope-2"))
     assert keys.fetches == 1
+
+
+async def test_wall_clock_stepping_back_does_not_hold_back_a_refetch(keys: KeySet) -> None:
+    clock = ManualClock()
+    jwks = JwksCache(keys.fetch, min_refetch_interval_seconds=30, clock=clock)
+    await jwks.refresh()
+    clock.advance(seconds=10)
+    assert await jwks.get("unknown") is None
+    assert keys.fetches == 1  # within the interval: rate-limited
+
+    clock.advance(hours=-1)
+    assert await jwks.get("unknown") is None
+
+    assert keys.fetches == 2
+
+
+async def test_keys_older_than_max_age_are_refetched(keys: KeySet) -> None:
+    clock = ManualClock()
+    jwks = JwksCache(keys.fetch, min_refetch_interval_seconds=30, max_age_seconds=300, clock=clock)
+    await jwks.refresh()
+    keys.published = [jwk for jwk in keys.published if jwk["kid"] != "ed-1"]
+    clock.advance(seconds=300)
+    assert await jwks.get("ed-1") is not None
+
+    clock.advance(seconds=1)
+
+    assert await jwks.get("ed-1") is None
+    assert keys.fetches == 2
 
 
 async def test_concurrent_misses_share_one_fetch(keys: KeySet) -> None:
@@ -234,14 +294,63 @@ async def test_failed_fetch_keeps_known_keys(keys: KeySet) -> None:
 
 
 async def test_cached_token_is_rejected_once_it_expires(keys: KeySet, jwks: JwksCache) -> None:
-    now = [time.time()]
-    verifier = TokenVerifier(jwks, issuer=ISSUER, audience=AUDIENCE, clock=lambda: now[0])
-    token = keys.mint(exp=int(now[0]) + 60)
+    clock = ManualClock()
+    verifier = TokenVerifier(jwks, issuer=ISSUER, audience=AUDIENCE, clock=clock)
+    now = int(clock.now().timestamp())
+    token = keys.mint(exp=now + 60, iat=now, nbf=now)
+    await verifier.verify_access_token(token)
+    clock.advance(seconds=60 + 29)
     await verifier.verify_access_token(token)
 
-    now[0] += 60 + 31
+    clock.advance(seconds=2)
 
     await assert_rejected(verifier, token)
+
+
+class RefusedSubjects:
+    """A principal check refusing the subjects in `refused`; records whom it was asked about."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+        self.asked: list[str] = []
+
+    async def __call__(self, principal: Principal) -> bool:
+        self.asked.append(principal.subject)
+        return principal.subject not in self.refused
+
+
+async def test_principal_check_refusal_is_the_generic_failure(keys: KeySet, jwks: JwksCache) -> None:
+    check = RefusedSubjects()
+    check.refused.add("user-gone")
+    verifier = TokenVerifier(jwks, issuer=ISSUER, audience=AUDIENCE, principal_check=check)
+
+    await assert_rejected(verifier, keys.mint(sub="user-gone"))
+    assert (await verifier.verify_access_token(keys.mint(sub="user-here"))).subject == "user-here"
+    assert check.asked == ["user-gone", "user-here"]
+
+
+async def test_principal_check_refuses_a_cached_token_at_once(keys: KeySet, jwks: JwksCache) -> None:
+    check = RefusedSubjects()
+    verifier = TokenVerifier(jwks, issuer=ISSUER, audience=AUDIENCE, principal_check=check)
+    token = keys.mint(sub="user-7")
+    await verifier.verify_access_token(token)
+    await verifier.verify_access_token(token)
+
+    check.refused.add("user-7")
+
+    await assert_rejected(verifier, token)
+    check.refused.clear()
+    assert (await verifier.verify_access_token(token)).subject == "user-7"
+    assert check.asked == ["user-7"] * 4
+
+
+async def test_rejected_token_is_not_offered_to_the_principal_check(keys: KeySet, jwks: JwksCache) -> None:
+    check = RefusedSubjects()
+    verifier = TokenVerifier(jwks, issuer=ISSUER, audience=AUDIENCE, principal_check=check)
+
+    await assert_rejected(verifier, keys.mint(aud="other-service"))
+
+    assert check.asked == []
 
 
 async def test_verification_rate_meets_ten_thousand_per_second(keys: KeySet, verifier: TokenVerifier) -> None:

@@ -105,6 +105,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("private_key_sealed", sa.LargeBinary, nullable=False),
         sa.Column("public_x", sa.String(128), nullable=False),
+        sa.Column("public_y", sa.String(128), nullable=False, server_default=""),
         _time("create_time"),
         _time("retire_time", nullable=True),
         _time("expire_time", nullable=True),

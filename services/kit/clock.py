@@ -1,4 +1,4 @@
-"""The time source of authn, injected so tests can move time without sleeping."""
+"""The time source of every service, injected so tests can move time without sleeping."""
 
 from __future__ import annotations
 
