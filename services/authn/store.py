@@ -576,24 +576,33 @@ class AuthnTx:
         self, user_id: str, expected_version: int, changes: Mapping[str, Any], now: datetime
     ) -> UserRecord | None:
         """Applies `changes` if the row still has `expected_version`; None otherwise."""
-        statement = (
-            update(users)
-            .where(users.c.id == user_id, users.c.version == expected_version)
-            .values(**changes, update_time=now, version=users.c.version + 1)
-        )
-        result = await self.conn.execute(statement)
-        if result.rowcount != 1:
+        if not await self._update_versioned(users, user_id, changes, now, expected_version):
             return None
         return await self.get_user(user_id)
 
+    async def _update_versioned(
+        self,
+        table: Table,
+        row_id: str,
+        changes: Mapping[str, Any],
+        now: datetime,
+        expected_version: int | None = None,
+    ) -> bool:
+        """Updates one row of a versioned table (bumping version and update_time); whether it matched.
+
+        With `expected_version` the update applies only to that version (optimistic concurrency).
+        """
+        condition = table.c.id == row_id
+        if expected_version is not None:
+            condition = and_(condition, table.c.version == expected_version)
+        result = await self.conn.execute(
+            update(table).where(condition).values(**changes, update_time=now, version=table.c.version + 1)
+        )
+        return bool(result.rowcount == 1)
+
     async def deactivate_user(self, user_id: str, now: datetime) -> UserRecord | None:
         """Sets DEACTIVATED and revokes every refresh family and API key of the user, in this transaction."""
-        result = await self.conn.execute(
-            update(users)
-            .where(users.c.id == user_id)
-            .values(state="deactivated", update_time=now, version=users.c.version + 1)
-        )
-        if result.rowcount != 1:
+        if not await self._update_versioned(users, user_id, {"state": "deactivated"}, now):
             return None
         await self.revoke_user_families(user_id, now, reason="deactivated")
         await self.revoke_principal_api_keys(user_id, now)
@@ -654,24 +663,13 @@ class AuthnTx:
         self, account_id: str, expected_version: int, changes: Mapping[str, Any], now: datetime
     ) -> ServiceAccountRecord | None:
         """Applies `changes` if the row still has `expected_version`; None otherwise."""
-        statement = (
-            update(service_accounts)
-            .where(service_accounts.c.id == account_id, service_accounts.c.version == expected_version)
-            .values(**changes, update_time=now, version=service_accounts.c.version + 1)
-        )
-        result = await self.conn.execute(statement)
-        if result.rowcount != 1:
+        if not await self._update_versioned(service_accounts, account_id, changes, now, expected_version):
             return None
         return await self.get_service_account(account_id)
 
     async def deactivate_service_account(self, account_id: str, now: datetime) -> ServiceAccountRecord | None:
         """Sets DEACTIVATED and revokes every API key of the account, in this transaction."""
-        result = await self.conn.execute(
-            update(service_accounts)
-            .where(service_accounts.c.id == account_id)
-            .values(state="deactivated", update_time=now, version=service_accounts.c.version + 1)
-        )
-        if result.rowcount != 1:
+        if not await self._update_versioned(service_accounts, account_id, {"state": "deactivated"}, now):
             return None
         await self.revoke_principal_api_keys(account_id, now)
         return await self.get_service_account(account_id)
