@@ -122,6 +122,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="concurrent callers")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat the measurements; report the median")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="keel-bench-") as folder:
@@ -138,13 +139,15 @@ async def main() -> None:
             try:
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                     await wait_serving(channel)
-                    await run(channel, password, args.calls, args.concurrency, args.database)
+                    await run(channel, password, args.calls, args.concurrency, args.database, args.rounds)
             finally:
                 server.terminate()
                 await asyncio.wait_for(server.wait(), timeout=30)
 
 
-async def run(channel: grpc.aio.Channel, password: str, calls: int, levels: list[int], kind: str) -> None:
+async def run(
+    channel: grpc.aio.Channel, password: str, calls: int, levels: list[int], kind: str, rounds: int
+) -> None:
     tokens = tokens_pb2_grpc.TokenServiceStub(channel)
     login = await tokens.CreateToken(
         tokens_pb2.CreateTokenRequest(password=tokens_pb2.PasswordGrant(email=ADMIN, password=password))
@@ -164,17 +167,29 @@ async def run(channel: grpc.aio.Channel, password: str, calls: int, levels: list
     async def ceiling() -> object:
         return await health.Check(check_request)
 
-    await measure(exchange, 200, 4)  # warm-up: connections, caches, JIT-free but page-cache warm
+    await measure(exchange, 200, 4)  # warm-up: connections, caches, page cache
     await measure(ceiling, 200, 4)
-    print(f"database: {kind}; calls per row: {calls}")
-    print(f"{'call':<24} {'callers':>7} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9}")
-    for level in levels:
-        for name, call in (("empty unary (ceiling)", ceiling), ("api key -> token", exchange)):
-            figures = await measure(call, calls, level)
-            print(
-                f"{name:<24} {level:>7} {figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} "
-                f"{figures['per_s']:>9.0f}"
-            )
+    print(f"database: {kind}; calls per row: {calls}; rounds: {rounds} (the median row comes last)")
+    header = f"{'call':<24} {'callers':>7} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9}"
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for round_number in range(1, rounds + 1):
+        print(f"round {round_number}\n{header}")
+        for level in levels:
+            # Ceiling and exchange back to back, so each pair shares the machine's state.
+            for name, call in (("empty unary (ceiling)", ceiling), ("api key -> token", exchange)):
+                figures = await measure(call, calls, level)
+                results.setdefault((name, level), []).append(figures)
+                print(row(name, level, figures))
+    print(f"median of {rounds} rounds\n{header}")
+    for (name, level), rows in results.items():
+        median = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        print(row(name, level, median))
+
+
+def row(name: str, level: int, figures: dict[str, float]) -> str:
+    return (
+        f"{name:<24} {level:>7} {figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} {figures['per_s']:>9.0f}"
+    )
 
 
 if __name__ == "__main__":
