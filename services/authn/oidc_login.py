@@ -130,16 +130,8 @@ class OidcLogins:
             return linked
         email = identity.email.strip().lower() if identity.email and identity.email_verified else None
         now = self._clock.now()
-        user = UserRecord(
-            id=new_id(),
-            email=email,
-            display_name=(identity.name or "")[:MAX_DISPLAY_NAME_LENGTH],
-            state="active",
-            platform_admin=False,
-            password_hash=None,
-            create_time=now,
-            update_time=now,
-            version=1,
+        user = UserRecord.new(
+            new_id(), email=email, display_name=(identity.name or "")[:MAX_DISPLAY_NAME_LENGTH], now=now
         )
         try:
             async with self._store.transaction() as tx:

@@ -249,6 +249,30 @@ class UserRecord:
     update_time: datetime
     version: int
 
+    @classmethod
+    def new(
+        cls,
+        user_id: str,
+        *,
+        email: str | None,
+        display_name: str,
+        now: datetime,
+        platform_admin: bool = False,
+        password_hash: str | None = None,
+    ) -> UserRecord:
+        """A new active user at version 1."""
+        return cls(
+            id=user_id,
+            email=email,
+            display_name=display_name,
+            state="active",
+            platform_admin=platform_admin,
+            password_hash=password_hash,
+            create_time=now,
+            update_time=now,
+            version=1,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class ServiceAccountRecord:

@@ -92,16 +92,13 @@ class Users:
                     return await self._require(await tx.get_user(earlier))
         password_hash = await self._passwords.hash(password) if password else None
         now = self._clock.now()
-        record = UserRecord(
-            id=new_id(),
+        record = UserRecord.new(
+            new_id(),
             email=email,
             display_name=display_name,
-            state="active",
+            now=now,
             platform_admin=platform_admin,
             password_hash=password_hash,
-            create_time=now,
-            update_time=now,
-            version=1,
         )
         try:
             async with self._store.transaction() as tx:
