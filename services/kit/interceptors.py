@@ -2,8 +2,10 @@
 
 1. `RequestContextInterceptor`: request id (accepted from `x-request-id` or
    generated) and the caller's address. The id is echoed in the trailing
-   metadata of every call and in the initial metadata of successful ones
-   (sent with the first response so that retries of UNAVAILABLE stay possible).
+   metadata of every call, and for server streams also in the initial metadata
+   sent with the first response (never earlier, so retries of UNAVAILABLE stay
+   possible). Unary calls skip the separate initial-metadata write: it cost
+   ~0.1 ms per call here.
 2. OpenTelemetry's grpc.aio server interceptor (W3C trace context), added by
    `server_interceptors`.
 3. `KeelInterceptor`, one wrapper composed of small steps: access log →
@@ -192,7 +194,7 @@ class RequestContextInterceptor(_ServerInterceptor):
             # Failures answer trailers-only (the kit's aborts add the id to their trailers).
             context.set_trailing_metadata(echo)
 
-        # Initial metadata goes out only with the first response: a client may retry an
+        # Initial metadata goes out only with a stream's first response: a client may retry an
         # UNAVAILABLE call only while it has received no response headers (gRPC A6).
         def wrap(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
             if response_streaming:
@@ -208,11 +210,11 @@ class RequestContextInterceptor(_ServerInterceptor):
 
                 return streaming
 
+            # Unary: the id travels in the trailers (set in enter) only. Sending initial
+            # metadata separately costs a write per call; streams get it with the first message.
             async def unary(request: Any, context: Any) -> Any:
                 enter(context)
-                response = await _call_unary(behavior, request, context)
-                await send_echo(context)
-                return response
+                return await _call_unary(behavior, request, context)
 
             return unary
 

@@ -43,7 +43,7 @@ async def test_request_id_is_generated_and_echoed_when_absent(
     call = stub.Echo(echo_pb2.EchoRequest(message="hi"))
 
     assert (await call).message == "hi"
-    request_id = _metadata(await call.initial_metadata())["x-request-id"]
+    request_id = _metadata(await call.trailing_metadata())["x-request-id"]
     assert uuid.UUID(request_id).version == 4
 
 
@@ -56,7 +56,7 @@ async def test_valid_request_id_is_adopted_and_visible_to_handlers(
     )
 
     assert (await call).request_id == "req-1.A_b"
-    assert _metadata(await call.initial_metadata())["x-request-id"] == "req-1.A_b"
+    assert _metadata(await call.trailing_metadata())["x-request-id"] == "req-1.A_b"
 
 
 @pytest.mark.parametrize("supplied", ["has space", "x" * 129, "semi;colon"])
@@ -67,7 +67,7 @@ async def test_unsafe_request_id_is_replaced(
     call = stub.Echo(echo_pb2.EchoRequest(), metadata=(("x-request-id", supplied),))
     await call
 
-    echoed = _metadata(await call.initial_metadata())["x-request-id"]
+    echoed = _metadata(await call.trailing_metadata())["x-request-id"]
     assert echoed != supplied
     assert uuid.UUID(echoed).version == 4
 
