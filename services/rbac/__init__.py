@@ -1,0 +1,1 @@
+"""The RBAC service: roles, role bindings, team relations, ownership, and permission checks."""

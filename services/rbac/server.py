@@ -1,0 +1,127 @@
+"""Wiring of RBAC: settings → engine → migrations → store → decisions/administration → servicers.
+
+RBAC authorizes its own RPCs with its own decisions (RbacChecker), and
+verifies access tokens against authn's JWKS like every other service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keel.rbac.v1 import rbac_pb2_grpc
+from services.kit.clients import connect
+from services.kit.clock import Clock, SystemClock
+from services.kit.db import create_engine_from_settings
+from services.kit.migrations import upgrade_to_head
+from services.kit.server import KeelServer, Registration
+from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
+from services.rbac.administration import Administration
+from services.rbac.api import PermissionApi, RoleApi, RoleBindingApi, TeamMembershipApi
+from services.rbac.checker import RbacChecker
+from services.rbac.decisions import Decisions
+from services.rbac.settings import RbacSettings
+from services.rbac.store import RbacStore
+
+SERVICE_NAME = "rbac"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "rbac_alembic_version"
+# A BatchCheck of 100 items or a role with every permission stays far below this.
+MAX_REQUEST_BYTES = 256 * 1024
+
+
+async def migrate(engine: AsyncEngine, settings: RbacSettings) -> None:
+    """Brings the RBAC schema to head."""
+    await upgrade_to_head(engine, MIGRATIONS, version_table=VERSION_TABLE, schema=settings.database_schema)
+
+
+@dataclass
+class RbacDomain:
+    """The domain objects of RBAC over one engine."""
+
+    settings: RbacSettings
+    engine: AsyncEngine
+    store: RbacStore
+    decisions: Decisions
+    administration: Administration
+
+
+def build_domain(settings: RbacSettings, engine: AsyncEngine, clock: Clock) -> RbacDomain:
+    """The domain objects over one engine."""
+    store = RbacStore(engine)
+    decisions = Decisions(store, poll_seconds=settings.rbac_revision_poll_seconds)
+    return RbacDomain(settings, engine, store, decisions, Administration(store, decisions, clock))
+
+
+@dataclass
+class RbacService:
+    """A runnable RBAC: its domain and its gRPC server."""
+
+    domain: RbacDomain
+    server: KeelServer
+    jwks: JwksCache
+
+    @property
+    def port(self) -> int:
+        """The bound port (after start)."""
+        return self.server.port
+
+    async def start(self) -> int:
+        """Migrates and starts serving; the bound port."""
+        await migrate(self.domain.engine, self.domain.settings)
+        return await self.server.start()
+
+    async def stop(self) -> None:
+        """Stops serving (with the configured drain) and disposes of the engine."""
+        await self.server.stop()
+        await self.domain.decisions.settle()
+        await self.domain.engine.dispose()
+
+
+def build_service(
+    settings: RbacSettings,
+    *,
+    clock: Clock | None = None,
+    engine: AsyncEngine | None = None,
+    jwks: JwksCache | None = None,
+) -> RbacService:
+    """A complete RBAC service, not yet started; `jwks` defaults to authn's over gRPC."""
+    clock = clock or SystemClock()
+    engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
+    domain = build_domain(settings, engine, clock)
+    if jwks is None:
+        jwks = JwksCache(jwks_from_authn(connect(settings.authn_address)))
+    verifier = TokenVerifier(jwks, issuer=settings.token_issuer, audience=settings.token_audience)
+    registrations = [
+        Registration(
+            "keel.rbac.v1.PermissionService",
+            rbac_pb2_grpc.add_PermissionServiceServicer_to_server,
+            PermissionApi(domain.decisions, domain.administration),
+        ),
+        Registration(
+            "keel.rbac.v1.RoleService",
+            rbac_pb2_grpc.add_RoleServiceServicer_to_server,
+            RoleApi(domain.administration),
+        ),
+        Registration(
+            "keel.rbac.v1.RoleBindingService",
+            rbac_pb2_grpc.add_RoleBindingServiceServicer_to_server,
+            RoleBindingApi(domain.administration),
+        ),
+        Registration(
+            "keel.rbac.v1.TeamMembershipService",
+            rbac_pb2_grpc.add_TeamMembershipServiceServicer_to_server,
+            TeamMembershipApi(domain.administration),
+        ),
+    ]
+    server = KeelServer(
+        SERVICE_NAME,
+        settings,
+        registrations,
+        verifier,
+        RbacChecker(domain.decisions),
+        max_message_bytes=MAX_REQUEST_BYTES,
+    )
+    return RbacService(domain, server, jwks)
