@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.kit.errors import FailedPrecondition
+from services.kit.errors import Unavailable
 from services.rbac.catalog import Perm
 from services.rbac.evaluator import Lookup, OrganizationIndex, Ref, SubjectKey
 from services.rbac.store import RbacStore
@@ -129,7 +129,8 @@ class Decisions:
             generation = self._generations.get(organization_id, 0)
             global_revision, organization_revision = await self._store.revisions(organization_id)
             if global_revision < at_least_revision:
-                raise FailedPrecondition(
+                # UNAVAILABLE, not FAILED_PRECONDITION: the state will arrive, so callers retry.
+                raise Unavailable(
                     f"revision {at_least_revision} is not reached yet (current {global_revision})",
                     reason="REVISION_NOT_REACHED",
                 )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.kit.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument
+from services.kit.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from services.rbac.administration import Administration
 from services.rbac.decisions import Decisions
 from services.rbac.evaluator import Membership, Ref
@@ -87,8 +87,8 @@ async def test_the_writing_replica_sees_its_write_immediately(rbac: Rbac) -> Non
     assert (await rbac.decisions.check(ALICE, ("run", "read"), Ref(ORG)))[0]
 
 
-async def test_a_revision_not_reached_is_failed_precondition(rbac: Rbac) -> None:
-    with pytest.raises(FailedPrecondition) as raised:
+async def test_a_revision_not_reached_is_unavailable_so_callers_retry(rbac: Rbac) -> None:
+    with pytest.raises(Unavailable) as raised:
         await rbac.decisions.check(ALICE, ("run", "read"), Ref(ORG), 99)
     assert raised.value.reason == "REVISION_NOT_REACHED"
 

@@ -306,7 +306,7 @@ class CheckRequest(_message.Message):
     """Answer from state at least this fresh (a revision returned by a write); 0 means any."""
     @_builtins.property
     def principal(self) -> Global___Subject:
-        """The subject asked about (USER or SERVICE_ACCOUNT)."""
+        """The subject asked about (USER, SERVICE_ACCOUNT or TEAM)."""
 
     @_builtins.property
     def permission(self) -> Global___Permission:
