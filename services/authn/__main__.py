@@ -9,40 +9,20 @@ import argparse
 import asyncio
 import sys
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from services.authn.server import SERVICE_NAME, build_domain, build_service, migrate
 from services.authn.settings import AuthnSettings
+from services.kit.cli import serve, with_engine
 from services.kit.clock import SystemClock
 from services.kit.config import load_settings
-from services.kit.db import create_engine_from_settings
 from services.kit.logs import setup_logging
-from services.kit.telemetry import setup_tracing, shutdown_tracing
 
 
-async def _serve(settings: AuthnSettings) -> None:
-    service = build_service(settings)
-    await service.start()
-    try:
-        await service.server.serve_until_signalled()
-    finally:
-        await service.stop()
-
-
-async def _migrate(settings: AuthnSettings) -> None:
-    engine = create_engine_from_settings(settings, SERVICE_NAME)
-    try:
-        await migrate(engine, settings)
-    finally:
-        await engine.dispose()
-
-
-async def _bootstrap_admin(settings: AuthnSettings, email: str) -> str:
-    engine = create_engine_from_settings(settings, SERVICE_NAME)
-    try:
-        await migrate(engine, settings)
-        domain = build_domain(settings, engine, SystemClock())
-        result = await domain.users.bootstrap_admin(email)
-    finally:
-        await engine.dispose()
+async def _bootstrap_admin(settings: AuthnSettings, engine: AsyncEngine, email: str) -> str:
+    await migrate(engine, settings)
+    domain = build_domain(settings, engine, SystemClock())
+    result = await domain.users.bootstrap_admin(email)
     if result.created:
         return f"admin password: {result.password}"
     return f"admin already exists: {result.email}"
@@ -60,20 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(AuthnSettings)
     setup_logging(SERVICE_NAME, settings.log_level)
     if args.command == "migrate":
-        asyncio.run(_migrate(settings))
+        asyncio.run(with_engine(settings, SERVICE_NAME, lambda engine: migrate(engine, settings)))
         return 0
     if args.command == "bootstrap-admin":
-        line = asyncio.run(_bootstrap_admin(settings, args.email))
+        line = asyncio.run(
+            with_engine(settings, SERVICE_NAME, lambda engine: _bootstrap_admin(settings, engine, args.email))
+        )
         # stdout only, once: the operator reads it; logs never see it.
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
         return 0
-    setup_tracing(SERVICE_NAME, settings.otlp_endpoint)
-    try:
-        asyncio.run(_serve(settings))
-    finally:
-        shutdown_tracing()
-    return 0
+    return serve(SERVICE_NAME, settings, lambda: build_service(settings))
 
 
 if __name__ == "__main__":

@@ -9,41 +9,23 @@ import argparse
 import asyncio
 import sys
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.kit.cli import serve, with_engine
 from services.kit.clock import SystemClock
 from services.kit.config import load_settings
-from services.kit.db import create_engine_from_settings
 from services.kit.logs import setup_logging
-from services.kit.telemetry import setup_tracing, shutdown_tracing
 from services.rbac.catalog import markdown_table
 from services.rbac.server import SERVICE_NAME, build_domain, build_service, migrate
 from services.rbac.settings import RbacSettings
 
 
-async def _serve(settings: RbacSettings) -> None:
-    service = build_service(settings)
-    await service.start()
-    try:
-        await service.server.serve_until_signalled()
-    finally:
-        await service.stop()
-
-
-async def _migrate(settings: RbacSettings) -> None:
-    engine = create_engine_from_settings(settings, SERVICE_NAME)
-    try:
-        await migrate(engine, settings)
-    finally:
-        await engine.dispose()
-
-
-async def _bootstrap_org_admin(settings: RbacSettings, organization_id: str, user_id: str) -> str:
-    engine = create_engine_from_settings(settings, SERVICE_NAME)
-    try:
-        await migrate(engine, settings)
-        domain = build_domain(settings, engine, SystemClock())
-        binding = await domain.administration.bootstrap_organization_admin(organization_id, user_id)
-    finally:
-        await engine.dispose()
+async def _bootstrap_org_admin(
+    settings: RbacSettings, engine: AsyncEngine, organization_id: str, user_id: str
+) -> str:
+    await migrate(engine, settings)
+    domain = build_domain(settings, engine, SystemClock())
+    binding = await domain.administration.bootstrap_organization_admin(organization_id, user_id)
     return f"organization admin binding: {binding.id} (revision {binding.revision})"
 
 
@@ -66,19 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(RbacSettings)
     setup_logging(SERVICE_NAME, settings.log_level)
     if args.command == "migrate":
-        asyncio.run(_migrate(settings))
+        asyncio.run(with_engine(settings, SERVICE_NAME, lambda engine: migrate(engine, settings)))
         return 0
     if args.command == "bootstrap-org-admin":
-        line = asyncio.run(_bootstrap_org_admin(settings, args.organization_id, args.user_id))
+        line = asyncio.run(
+            with_engine(
+                settings,
+                SERVICE_NAME,
+                lambda engine: _bootstrap_org_admin(settings, engine, args.organization_id, args.user_id),
+            )
+        )
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
         return 0
-    setup_tracing(SERVICE_NAME, settings.otlp_endpoint)
-    try:
-        asyncio.run(_serve(settings))
-    finally:
-        shutdown_tracing()
-    return 0
+    return serve(SERVICE_NAME, settings, lambda: build_service(settings))
 
 
 if __name__ == "__main__":
