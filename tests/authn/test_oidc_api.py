@@ -20,11 +20,13 @@ __all__ = ["oidc_provider"]
 
 
 @pytest.fixture
-async def sso_authn(oidc_provider: OidcTestProvider, tmp_path: Path) -> AsyncIterator[Authn]:
+async def sso_authn(
+    oidc_provider: OidcTestProvider, database_url: str, tmp_path: Path
+) -> AsyncIterator[Authn]:
     # The provider checks real time in its ID tokens, so this server runs on a clock that starts now.
     clock = ManualClock(datetime.now(UTC))
     running = await start_authn(
-        f"sqlite+aiosqlite:///{tmp_path / 'authn.db'}",
+        database_url,
         tmp_path,
         clock,
         authn_oidc_issuer=oidc_provider.issuer,
