@@ -44,6 +44,19 @@ class ServiceSettings(BaseSettings):
     token_audience: str = "keel"
     # Metadata keys a gateway sets that this service trusts for the caller's source address.
     trust_forwarded_for: bool = False
+    # Where the other control-plane services listen (permission checks, audit shipping, registry).
+    rbac_address: str = "127.0.0.1:50053"
+    orgs_address: str = "127.0.0.1:50052"
+    # Comma-separated authn ids of the control plane's own service accounts: the mesh's services
+    # acting on their own account (audit shipping, writing RBAC state for orgs). Nobody else is one.
+    mesh_service_accounts: str = ""
+    # File holding this service's own API key (a mesh service account's), mode 0600; empty: none.
+    service_api_key_file: Path | None = None
+
+    @property
+    def mesh_service_account_ids(self) -> frozenset[str]:
+        """The ids of KEEL_MESH_SERVICE_ACCOUNTS."""
+        return frozenset(part.strip() for part in self.mesh_service_accounts.split(",") if part.strip())
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

@@ -1237,3 +1237,59 @@ class ShareResourceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareResourceRequest: _TypeAlias = ShareResourceRequest  # noqa: Y015
+
+@_typing.final
+class PurgeOrganizationRequest(_message.Message):
+    """Request of PurgeOrganization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """The organization being deleted."""
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeOrganizationRequest: _TypeAlias = PurgeOrganizationRequest  # noqa: Y015
+
+@_typing.final
+class PurgeOrganizationResponse(_message.Message):
+    """Response of PurgeOrganization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_BINDINGS_FIELD_NUMBER: _builtins.int
+    DELETED_ROLES_FIELD_NUMBER: _builtins.int
+    DELETED_MEMBERSHIPS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    deleted_bindings: _builtins.int
+    """How many bindings were removed."""
+    deleted_roles: _builtins.int
+    """How many custom roles were removed."""
+    deleted_memberships: _builtins.int
+    """How many team memberships were removed."""
+    revision: _builtins.int
+    """The RBAC revision of the write."""
+    def __init__(
+        self,
+        *,
+        deleted_bindings: _builtins.int = ...,
+        deleted_roles: _builtins.int = ...,
+        deleted_memberships: _builtins.int = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_bindings", b"deleted_bindings", "deleted_memberships", b"deleted_memberships", "deleted_roles", b"deleted_roles", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeOrganizationResponse: _TypeAlias = PurgeOrganizationResponse  # noqa: Y015

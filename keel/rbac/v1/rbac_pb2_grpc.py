@@ -656,6 +656,11 @@ class RoleBindingServiceStub:
                 request_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeSubjectRequest.SerializeToString,
                 response_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeSubjectResponse.FromString,
                 _registered_method=True)
+        self.PurgeOrganization = channel.unary_unary(
+                '/keel.rbac.v1.RoleBindingService/PurgeOrganization',
+                request_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeOrganizationRequest.SerializeToString,
+                response_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeOrganizationResponse.FromString,
+                _registered_method=True)
 
 
 class RoleBindingServiceServicer:
@@ -700,6 +705,14 @@ class RoleBindingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeOrganization(self, request, context):
+        """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
+        the last step of deleting the organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoleBindingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -727,6 +740,11 @@ def add_RoleBindingServiceServicer_to_server(servicer, server):
                     servicer.PurgeSubject,
                     request_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeSubjectRequest.FromString,
                     response_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeSubjectResponse.SerializeToString,
+            ),
+            'PurgeOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeOrganization,
+                    request_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeOrganizationRequest.FromString,
+                    response_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeOrganizationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -865,6 +883,33 @@ class RoleBindingService:
             '/keel.rbac.v1.RoleBindingService/PurgeSubject',
             keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeSubjectRequest.SerializeToString,
             keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.rbac.v1.RoleBindingService/PurgeOrganization',
+            keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeOrganizationRequest.SerializeToString,
+            keel_dot_rbac_dot_v1_dot_rbac__pb2.PurgeOrganizationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -245,6 +245,10 @@ class RoleBindingServiceStub:
     """Removes every binding and team membership of a subject in the organization (member removed,
     team deleted); the caller must hold every role the subject holds.
     """
+    PurgeOrganization: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.PurgeOrganizationRequest, _rbac_pb2.PurgeOrganizationResponse]
+    """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
+    the last step of deleting the organization.
+    """
 
 @_typing.type_check_only
 class RoleBindingServiceAsyncStub(RoleBindingServiceStub):
@@ -266,6 +270,10 @@ class RoleBindingServiceAsyncStub(RoleBindingServiceStub):
     PurgeSubject: _aio.UnaryUnaryMultiCallable[_rbac_pb2.PurgeSubjectRequest, _rbac_pb2.PurgeSubjectResponse]  # type: ignore[assignment]
     """Removes every binding and team membership of a subject in the organization (member removed,
     team deleted); the caller must hold every role the subject holds.
+    """
+    PurgeOrganization: _aio.UnaryUnaryMultiCallable[_rbac_pb2.PurgeOrganizationRequest, _rbac_pb2.PurgeOrganizationResponse]  # type: ignore[assignment]
+    """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
+    the last step of deleting the organization.
     """
 
 class RoleBindingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -315,6 +323,16 @@ class RoleBindingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_rbac_pb2.PurgeSubjectResponse, _abc.Awaitable[_rbac_pb2.PurgeSubjectResponse]]:
         """Removes every binding and team membership of a subject in the organization (member removed,
         team deleted); the caller must hold every role the subject holds.
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeOrganization(
+        self,
+        request: _rbac_pb2.PurgeOrganizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rbac_pb2.PurgeOrganizationResponse, _abc.Awaitable[_rbac_pb2.PurgeOrganizationResponse]]:
+        """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
+        the last step of deleting the organization.
         """
 
 def add_RoleBindingServiceServicer_to_server(servicer: RoleBindingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
