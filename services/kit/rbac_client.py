@@ -199,6 +199,8 @@ class RbacPermissionChecker:
             permission=rbac_pb2.Permission(resource_type=resource_type, action=action),
             resource=rbac_pb2.ResourceRef(
                 organization_id=scope_id,
+                # A workspace is also the scope of its contents: its own bindings apply to it.
+                workspace_id=resource_id if resource_type == "workspace" else "",
                 resource_type=resource_type if resource_id else "",
                 resource_id=resource_id,
             ),

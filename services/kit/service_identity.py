@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import stat
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -60,7 +60,7 @@ class ServiceCredential:
         self._api_key = api_key
         self._clock = clock
         self._token = ""
-        self._expires = datetime.min.replace(tzinfo=clock.now().tzinfo)
+        self._renew_at: datetime | None = None
         self._lock = asyncio.Lock()
         self._channel: grpc.aio.Channel | None = None
 
@@ -77,17 +77,21 @@ class ServiceCredential:
 
     async def token(self) -> str:
         """A valid access token, exchanged anew when the cached one is near its expiry."""
-        if self._clock.now() < self._expires - RENEW_BEFORE:
+        if self._fresh():
             return self._token
         async with self._lock:
-            if self._clock.now() < self._expires - RENEW_BEFORE:
+            if self._fresh():
                 return self._token
             response = await self._tokens.CreateToken(
                 tokens_pb2.CreateTokenRequest(api_key=tokens_pb2.ApiKeyGrant(secret=self._api_key))
             )
             self._token = response.access_token
-            self._expires = response.access_token_expire_time.ToDatetime(tzinfo=self._expires.tzinfo)
+            expires = response.access_token_expire_time.ToDatetime(tzinfo=UTC)
+            self._renew_at = expires - RENEW_BEFORE
             return self._token
+
+    def _fresh(self) -> bool:
+        return self._renew_at is not None and self._clock.now() < self._renew_at
 
     async def metadata(self) -> CallMetadata:
         """Call metadata carrying this service's token."""

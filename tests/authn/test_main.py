@@ -62,3 +62,21 @@ def test_unsupported_signing_algorithm_is_a_clear_configuration_error(tmp_path: 
     assert result.returncode != 0
     assert "KEEL_AUTHN_SIGNING_ALGORITHM" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bootstrap_service_account_writes_a_private_key_once(tmp_path: Path) -> None:
+    env = {"KEEL_DATA_DIR": str(tmp_path), "KEEL_AUTHN_MASTER_KEY": new_master_key()}
+    key_file = tmp_path / "keys" / "orgs.key"
+    first = run(["bootstrap-service-account", "--name", "keel-orgs", "--key-file", str(key_file)], env)
+    assert first.returncode == 0, first.stderr
+    key = key_file.read_text().strip()
+    second = run(["bootstrap-service-account", "--name", "keel-orgs", "--key-file", str(key_file)], env)
+    assert second.returncode == 0, second.stderr
+
+    account_id = first.stdout.strip()
+    assert account_id and "\n" not in account_id
+    assert second.stdout.strip() == account_id
+    assert key.startswith("keel_ak_")
+    assert key_file.read_text().strip() == key  # kept, not replaced
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key not in first.stdout + first.stderr + second.stdout + second.stderr

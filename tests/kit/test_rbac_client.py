@@ -253,3 +253,22 @@ async def test_the_cache_is_a_bounded_lru(
 def test_settings_are_validated(ttl: float, entries: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RbacPermissionChecker(object(), ManualClock(), cache_ttl_seconds=ttl, max_entries=entries)
+
+
+async def test_workspace_bindings_apply_to_the_workspace_itself(
+    server: Server,  # noqa: F811
+    rbac_channel: grpc.aio.Channel,
+    spy: CheckSpy,
+) -> None:
+    await seed(server)
+    await server.service.domain.administration.create_binding(
+        ORG, ("user", "ws-admin"), "workspace_admin", Ref(ORG, workspace_id="ws-1")
+    )
+    checker = RbacPermissionChecker(rbac_channel, ManualClock())
+    admin = principal(server, "ws-admin")
+
+    own = await checker.check(admin, "workspace", "update", "ws-1", ORG)
+    other = await checker.check(admin, "workspace", "update", "ws-2", ORG)
+
+    assert (own, other) == (True, False)
+    assert spy.calls[0][2] == Ref(ORG, workspace_id="ws-1", resource_type="workspace", resource_id="ws-1")
