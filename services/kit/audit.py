@@ -52,8 +52,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.kit.audit_chain import canonical_json, format_time, parse_time
+from services.kit.clients import connect
 from services.kit.clock import Clock
+from services.kit.config import ServiceSettings
 from services.kit.context import current_peer, current_principal, current_request_id
+from services.kit.interceptors import Denial
+from services.kit.service_identity import ServiceCredential
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _SECRET_VALUE = re.compile(
     r"keel_rt_[A-Za-z0-9_-]{16,}"  # a Keel refresh token
     r"|keel_ak_[0-9a-f]{8}_[A-Za-z0-9_-]+"  # a whole Keel API key (the keel_ak_<id> prefix alone is public)
+    r"|keel_(?:wsc|inv)_[0-9a-f-]{8,}_[A-Za-z0-9_-]+"  # a workspace server credential, an invitation token
     r"|eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # a JWT / JWS compact form
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"  # PEM key material
     r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/-]{16,}"  # an Authorization header value
@@ -184,14 +189,17 @@ def event_for_request(
     outcome: Outcome = "SUCCESS",
     on_behalf_of: str = "",
     details: Mapping[str, Any] | None = None,
+    actor: Actor | None = None,
 ) -> AuditEvent:
     """An event whose actor, request id and source address come from the request being served.
 
     Outside a request (or on an anonymous call) the actor is ANONYMOUS; services
-    acting on their own account build the event with `actor=SYSTEM` directly.
+    acting on their own account pass `actor=SYSTEM` (or whoever acted, when the
+    caller is not the actor: a user logging in is anonymous until it has).
     """
-    principal = current_principal()
-    actor = ANONYMOUS if principal is None else Actor(principal.subject, principal.kind)
+    if actor is None:
+        principal = current_principal()
+        actor = ANONYMOUS if principal is None else Actor(principal.subject, principal.kind)
     return AuditEvent(
         organization_id=organization_id,
         actor=actor,
@@ -262,6 +270,31 @@ def _names_secret(key: str) -> bool:
     if any(word in _SECRET_WORDS or word in _SECRET_JOINED for word in words):
         return True
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
+
+
+def looks_like_credential(text: str) -> bool:
+    """Whether `text` holds a credential shape an event refuses (validate caller input with it)."""
+    return _looks_like_secret(text)
+
+
+REDACTED = "[redacted]"
+
+
+def redact_credentials(value: Any) -> Any:
+    """`value` with every credential-shaped string (also inside lists and dicts) replaced by REDACTED.
+
+    For caller-supplied text put into an event (names, ids): an event refuses a
+    credential shape, and a caller must not be able to fail a change, or keep it
+    out of the log, by naming something like a token. Keys are left alone: they
+    are the service's own words.
+    """
+    if isinstance(value, str):
+        return REDACTED if _looks_like_secret(value) else value
+    if isinstance(value, Mapping):
+        return {key: redact_credentials(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_credentials(item) for item in value]
+    return value
 
 
 def _looks_like_secret(text: str) -> bool:
@@ -457,3 +490,150 @@ class OutboxShipper:
         """Makes `run()` return after the batch in flight, if any."""
         self._stopping = True
         self._wake.set()
+
+
+# ------------------------------------------------------------------------------------- denials
+
+# Widths of the outbox columns an event's request-supplied ids may have to fit.
+_ORGANIZATION_ID_WIDTH = 64
+
+
+def denial_event(denial: Denial, occur_time: dt.datetime) -> AuditEvent:
+    """The DENIED event of a refused call: actor from the principal, action = the full gRPC method.
+
+    The resource and scope ids come from the caller's request, so a value an
+    event would refuse (too long, credential-shaped) is dropped and named in
+    details instead of failing the record: a caller must not be able to keep
+    its own denial out of the log.
+    """
+    dropped: list[str] = []
+
+    def usable(name: str, value: str, width: int = _MAX_FIELD) -> str:
+        if len(value) > width or _looks_like_secret(value):
+            dropped.append(name)
+            return ""
+        return value
+
+    principal = denial.principal
+    details: dict[str, Any] = {"permission": f"{denial.resource_type}.{denial.action}"}
+    event_fields = {
+        "organization_id": usable("organization_id", denial.scope_id, _ORGANIZATION_ID_WIDTH),
+        "resource_id": usable("resource_id", denial.resource_id),
+        "request_id": usable("request_id", denial.request_id),
+        "source_address": usable("source_address", denial.peer),
+    }
+    if dropped:
+        details["dropped_fields"] = dropped
+    return AuditEvent(
+        actor=Actor(usable("actor", principal.subject), principal.kind),
+        action=denial.method,
+        resource_type=denial.resource_type,
+        outcome="DENIED",
+        occur_time=occur_time,
+        details=details,
+        **event_fields,
+    )
+
+
+class OutboxDenialRecorder:
+    """A `DenialRecorder` writing DENIED events into a service's outbox, one short transaction each.
+
+    A denial changes nothing, so there is no change's transaction to join.
+    Errors propagate to the interceptor, which logs them and still denies.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, table: Table, clock: Clock, notify: Callable[[], None] = lambda: None
+    ) -> None:
+        self._engine = engine
+        self._table = table
+        self._clock = clock
+        self._notify = notify
+
+    async def __call__(self, denial: Denial) -> None:
+        """Records the denial, then wakes the shipper."""
+        event = denial_event(denial, self._clock.now())
+        async with self._engine.begin() as conn:
+            await record(conn, self._table, event)
+        self._notify()
+
+
+# ----------------------------------------------------------------------------- service wiring
+
+
+class AuditOutbox:
+    """A service's outbox as its server wiring holds it: the notify hook, denials, the shipper task.
+
+    The shipper runs only with a sink (the service has its own credential);
+    without one, events wait in the outbox until a start with a credential.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        clock: Clock,
+        sink: AuditSink | None = None,
+        *,
+        service_name: str = "",
+        close: Callable[[], Awaitable[None]] | None = None,
+        idle_interval: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.table = table
+        self.shipper = (
+            None if sink is None else OutboxShipper(engine, table, sink, clock, idle_interval=idle_interval)
+        )
+        self.denial_recorder = OutboxDenialRecorder(engine, table, clock, self.notify)
+        self._service_name = service_name
+        self._close = close
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, engine: AsyncEngine, table: Table, settings: ServiceSettings, clock: Clock, service_name: str
+    ) -> AuditOutbox:
+        """Ships to orgs (KEEL_ORGS_ADDRESS) as the service's own account, given KEEL_SERVICE_API_KEY_FILE."""
+        credential = ServiceCredential.from_settings(settings, clock)
+        if credential is None:
+            return cls(engine, table, clock, service_name=service_name)
+        # Imported here: the sink module builds on this one.
+        from services.kit.audit_sink import GrpcAuditSink
+
+        channel = connect(settings.orgs_address)
+
+        async def close() -> None:
+            await channel.close(None)
+            await credential.close()
+
+        sink = GrpcAuditSink(channel, credential.metadata)
+        return cls(engine, table, clock, sink, service_name=service_name, close=close)
+
+    def notify(self) -> None:
+        """After a commit that recorded events: ship soon (a no-op without a shipper)."""
+        if self.shipper is not None:
+            self.shipper.notify()
+
+    def start(self) -> None:
+        """Starts the shipper task, or says once that events wait in the outbox."""
+        if self.shipper is None:
+            logger.warning(
+                "%s has no service credential (KEEL_SERVICE_API_KEY_FILE): audit events stay in its "
+                "outbox until it runs with one",
+                self._service_name or "this service",
+            )
+            return
+        if self._task is None:
+            self._task = asyncio.create_task(self.shipper.run(), name=f"{self._service_name}-audit-shipper")
+
+    async def stop(self) -> None:
+        """Stops the shipper after its batch in flight and closes its channels."""
+        if self.shipper is not None and self._task is not None:
+            self.shipper.stop()
+            try:
+                await self._task
+            finally:
+                self._task = None
+        if self._close is not None:
+            await self._close()
+            self._close = None

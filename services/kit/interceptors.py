@@ -20,7 +20,11 @@ login. On every other RPC a missing or invalid token is UNAUTHENTICATED.
 Authorization reads the RPC's `keel.authz.v1.rule`. A permission rule is
 checked before the handler runs, so PERMISSION_DENIED is the answer whether
 or not the resource exists. Unary request messages exist only inside the
-wrapped behaviour, which is why authorization runs there.
+wrapped behaviour, which is why authorization runs there. A service may pass
+a `DenialRecorder` (see `services.kit.audit.OutboxDenialRecorder`): each call
+a permission rule refuses is handed to it before the answer goes out; a
+failing recorder is logged and the answer stays PERMISSION_DENIED. Calls
+refused as UNAUTHENTICATED are not recorded: anyone could fill the table.
 """
 
 from __future__ import annotations
@@ -96,6 +100,24 @@ class PermissionChecker(Protocol):
     ) -> bool:
         """Whether `principal` may do `action` on the resource (or collection) in the scope."""
         ...
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A call that a permission rule refused, as the authorization step saw it."""
+
+    method: str  # the full gRPC method, "/keel.rbac.v1.RoleService/CreateRole"
+    principal: Principal
+    resource_type: str
+    action: str
+    resource_id: str  # from the rule's resource_field, '' when it names none
+    scope_id: str  # from the rule's scope_field (the organization on the control plane), or ''
+    request_id: str
+    peer: str
+
+
+# Records a denial (into the service's audit outbox); awaited before PERMISSION_DENIED is sent.
+DenialRecorder = Callable[[Denial], Awaitable[None]]
 
 
 class DenyAllPermissions:
@@ -276,11 +298,14 @@ class KeelInterceptor(_ServerInterceptor):
         checker: PermissionChecker,
         default_deadline_seconds: float,
         infrastructure_services: frozenset[str] = INFRASTRUCTURE_SERVICES,
+        denial_recorder: DenialRecorder | None = None,
     ) -> None:
         self._verifier = verifier
         self._checker = checker
         self._default_deadline = default_deadline_seconds
         self._infrastructure = infrastructure_services
+        self._denial_recorder = denial_recorder
+        self._recording: set[asyncio.Task[None]] = set()
 
     def _rule(self, method: str) -> MethodRule | None:
         rule = rule_for(method)
@@ -474,9 +499,44 @@ class KeelInterceptor(_ServerInterceptor):
         resource_id = field_value(request, rule.resource_field) if rule.resource_field and request else ""
         scope_id = field_value(request, rule.scope_field) if rule.scope_field and request else ""
         if not await self._checker.check(principal, rule.resource_type, rule.action, resource_id, scope_id):
+            if self._denial_recorder is not None:
+                denial = Denial(
+                    rule.full_method,
+                    principal,
+                    rule.resource_type,
+                    rule.action,
+                    resource_id,
+                    scope_id,
+                    request_id_var.get(),
+                    peer_var.get(),
+                )
+                await self._record_denial(self._denial_recorder, denial)
             raise errors.PermissionDenied(
                 "permission denied", metadata={"permission": f"{rule.resource_type}.{rule.action}"}
             )
+
+    async def _record_denial(self, recorder: DenialRecorder, denial: Denial) -> None:
+        # Shielded: when the call's deadline ends meanwhile, the call answers DEADLINE_EXCEEDED as
+        # it would anyway, but the event is still written rather than rolled back half-way.
+        task = asyncio.ensure_future(_guarded(recorder, denial))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Waits for denial records still being written (server stop)."""
+        while self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
+
+
+async def _guarded(recorder: DenialRecorder, denial: Denial) -> None:
+    try:
+        await recorder(denial)
+    except Exception:
+        # The refusal stands whatever happens here: an audit failure never turns it into an error.
+        logger.exception(
+            "could not record the denial of %s (request id %s)", denial.method, denial.request_id
+        )
 
 
 async def _abort(context: Any, status: grpc.Status) -> None:
@@ -533,12 +593,16 @@ def server_interceptors(
     default_deadline_seconds: float,
     trust_forwarded_for: bool = False,
     tracer_provider: TracerProvider | None = None,
+    denial_recorder: DenialRecorder | None = None,
 ) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """The kit's interceptor chain in order, outermost first."""
     return [
         RequestContextInterceptor(trust_forwarded_for=trust_forwarded_for),
         aio_server_interceptor(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
         KeelInterceptor(
-            verifier=verifier, checker=checker, default_deadline_seconds=default_deadline_seconds
+            verifier=verifier,
+            checker=checker,
+            default_deadline_seconds=default_deadline_seconds,
+            denial_recorder=denial_recorder,
         ),
     ]

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
 from services.kit.config import ServiceSettings
-from services.kit.interceptors import PermissionChecker, server_interceptors
+from services.kit.interceptors import DenialRecorder, KeelInterceptor, PermissionChecker, server_interceptors
 from services.kit.rules import validate_rules
 from services.kit.tokens import TokenVerifier
 
@@ -57,21 +57,26 @@ class KeelServer:
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         tracer_provider: TracerProvider | None = None,
+        denial_recorder: DenialRecorder | None = None,
     ) -> None:
+        """`denial_recorder` receives each call a permission rule refuses (the service's audit outbox)."""
         # Refuse to exist, let alone start, when an RPC has no rule: enforcement must be total.
         validate_rules([registration.service_full_name for registration in registrations])
         self.name = name
         self._settings = settings
         self._registrations = list(registrations)
         self._health = HealthServicer()
+        interceptors = server_interceptors(
+            verifier=verifier,
+            checker=checker,
+            default_deadline_seconds=settings.default_deadline_seconds,
+            trust_forwarded_for=settings.trust_forwarded_for,
+            tracer_provider=tracer_provider,
+            denial_recorder=denial_recorder,
+        )
+        self._keel = next(i for i in interceptors if isinstance(i, KeelInterceptor))
         self._server = grpc.aio.server(
-            interceptors=server_interceptors(
-                verifier=verifier,
-                checker=checker,
-                default_deadline_seconds=settings.default_deadline_seconds,
-                trust_forwarded_for=settings.trust_forwarded_for,
-                tracer_provider=tracer_provider,
-            ),
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -122,6 +127,7 @@ class KeelServer:
     async def _stop(self) -> None:
         if not self._started:
             await self._server.stop(None)
+            await self._keel.settle()
             return
         drain = self._settings.drain_seconds
         logger.info("%s draining for %.1fs", self.name, drain)
@@ -130,6 +136,9 @@ class KeelServer:
             # New calls are still accepted while load balancers notice NOT_SERVING.
             await asyncio.sleep(drain)
         await self._server.stop(drain)
+        # A denial whose call was cut short may still be writing: let it finish before the
+        # service disposes of its engine.
+        await self._keel.settle()
         logger.info("%s stopped", self.name)
 
     async def wait_for_termination(self) -> None:

@@ -13,17 +13,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.audit import (
     ANONYMOUS,
+    REDACTED,
     Actor,
     AuditEvent,
+    AuditOutbox,
+    OutboxDenialRecorder,
     OutboxShipper,
     audit_outbox_table,
     claim_batch,
+    denial_event,
     event_for_request,
     mark_sent,
     purge_sent,
     record,
+    redact_credentials,
 )
 from services.kit.context import Principal, peer_var, principal_var, request_id_var
+from services.kit.interceptors import Denial
 from tests.clock import ManualClock
 
 metadata = MetaData()
@@ -409,6 +415,8 @@ def test_details_keys_that_identify_rather_than_hold_credentials_are_allowed(key
     [
         "keel_rt_" + "A" * 43,
         "keel_ak_0123abcd_" + "b" * 43,
+        "keel_wsc_0b0e3f52-51c4-4a31-9d43-1f0e7a2c9b11_" + "c" * 43,
+        "keel_inv_0b0e3f52-51c4-4a31-9d43-1f0e7a2c9b11_" + "d" * 43,
         "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJl",
         "Bearer abcdefghijklmnopqrstuvwxyz",
         "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----",
@@ -450,3 +458,106 @@ def test_details_are_a_private_copy() -> None:
     built = make_event(details=given)
     given["labels"].append("b")
     assert built.details == {"labels": ["a"]}
+
+
+# ------------------------------------------------------------------------- denials and wiring
+
+
+def _denial(**changes: object) -> Denial:
+    fields: dict[str, object] = {
+        "method": "/keel.rbac.v1.RoleService/CreateRole",
+        "principal": Principal("user-9", "user"),
+        "resource_type": "role",
+        "action": "create",
+        "resource_id": "",
+        "scope_id": "org-4",
+        "request_id": "req-9",
+        "peer": "ipv4:10.0.0.9:5000",
+    }
+    fields.update(changes)
+    return Denial(**fields)  # type: ignore[arg-type]
+
+
+async def test_denial_recorder_commits_a_denied_event_and_wakes_the_shipper(
+    store: AsyncEngine, clock: ManualClock
+) -> None:
+    woken: list[bool] = []
+    recorder = OutboxDenialRecorder(store, audit_outbox, clock, lambda: woken.append(True))
+
+    await recorder(_denial())
+
+    async with store.connect() as conn:
+        payloads = (await conn.execute(select(audit_outbox.c.payload))).scalars().all()
+    [event] = [AuditEvent.from_record(json.loads(payload)) for payload in payloads]
+    assert event.outcome == "DENIED"
+    assert event.actor == Actor("user-9", "user")
+    assert event.action == "/keel.rbac.v1.RoleService/CreateRole"
+    assert (event.organization_id, event.resource_type, event.resource_id) == ("org-4", "role", "")
+    assert (event.request_id, event.source_address) == ("req-9", "ipv4:10.0.0.9:5000")
+    assert event.occur_time == START
+    assert event.details == {"permission": "role.create"}
+    assert woken == [True]
+
+
+def test_denial_event_drops_caller_values_an_event_would_refuse() -> None:
+    jwt_like = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"
+    event = denial_event(_denial(resource_id=jwt_like, scope_id="o" * 65), START)
+
+    assert (event.resource_id, event.organization_id) == ("", "")
+    assert event.details["dropped_fields"] == ["organization_id", "resource_id"]
+    assert event.outcome == "DENIED"
+
+
+def test_redact_credentials_replaces_credential_shaped_text_only() -> None:
+    token = "keel_rt_" + "a" * 43
+    value = {"name": "Bearer abcdefghijklmnopqrstuvwxyz", "ids": ["ok", token], "count": 3}
+
+    assert redact_credentials(value) == {"name": REDACTED, "ids": ["ok", REDACTED], "count": 3}
+    assert redact_credentials("keel_ak_0123abcd") == "keel_ak_0123abcd"  # the public prefix stays
+
+
+async def test_audit_outbox_without_a_sink_ships_nothing_and_says_so_once(
+    store: AsyncEngine, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = AuditOutbox(store, audit_outbox, clock, service_name="widgets")
+    await record_committed(store, make_event())
+
+    with caplog.at_level("WARNING", logger="services.kit.audit"):
+        outbox.start()
+    outbox.notify()
+    await outbox.stop()
+
+    assert outbox.shipper is None
+    assert await unsent_count(store) == 1
+    assert [r.getMessage() for r in caplog.records if "outbox" in r.getMessage()] == [
+        "widgets has no service credential (KEEL_SERVICE_API_KEY_FILE): audit events stay in its "
+        "outbox until it runs with one"
+    ]
+
+
+async def test_audit_outbox_with_a_sink_ships_after_notify_and_stops(
+    store: AsyncEngine, clock: ManualClock
+) -> None:
+    arrived = asyncio.Event()
+    delivered: list[AuditEvent] = []
+    closed: list[bool] = []
+
+    async def sink(batch: Sequence[AuditEvent]) -> None:
+        delivered.extend(batch)
+        arrived.set()
+
+    async def close() -> None:
+        closed.append(True)
+
+    outbox = AuditOutbox(store, audit_outbox, clock, sink, close=close, idle_interval=3600)
+    outbox.start()
+    try:
+        event = make_event()
+        await record_committed(store, event)
+        outbox.notify()
+        await asyncio.wait_for(arrived.wait(), 10)  # a deadline for a failure, not a wait for success
+    finally:
+        await outbox.stop()
+
+    assert delivered == [event]
+    assert closed == [True]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -13,10 +13,13 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from keel.testing.v1 import echo_pb2, echo_pb2_grpc
+from services.kit.interceptors import Denial
 from services.kit.logs import JsonFormatter
+from services.kit.server import KeelServer
 from services.kit.status import error_info_of, rich_status_of
-from tests.kit.conftest import KeySet, OpenChannel, RecordingChecker, StartServer
-from tests.kit.echo_service import ECHO_SERVICE, EchoServicer
+from services.kit.tokens import TokenVerifier
+from tests.kit.conftest import KeySet, OpenChannel, RecordingChecker, StartServer, kit_settings
+from tests.kit.echo_service import ECHO_SERVICE, EchoServicer, echo_registration
 
 Kind = echo_pb2.FailRequest.ErrorKind
 
@@ -367,3 +370,105 @@ async def test_peer_comes_from_forwarded_for_only_when_trusted(
     await stub.Echo(echo_pb2.EchoRequest(), metadata=(("x-forwarded-for", "203.0.113.9, 10.0.0.1"),))
 
     assert servicer.peers[0].startswith(expected)
+
+
+# ----------------------------------------------------------------------------------- denials
+
+
+class DenialLog:
+    """A denial recorder that keeps what it is given, or fails while `failing` is set."""
+
+    def __init__(self) -> None:
+        self.denials: list[Denial] = []
+        self.failing = False
+
+    async def __call__(self, denial: Denial) -> None:
+        if self.failing:
+            raise ConnectionError("outbox unreachable")
+        self.denials.append(denial)
+
+
+@pytest.fixture
+async def denial_server(
+    verifier: TokenVerifier, checker: RecordingChecker
+) -> AsyncIterator[tuple[echo_pb2_grpc.EchoServiceAsyncStub, DenialLog]]:
+    log = DenialLog()
+    server = KeelServer(
+        "test",
+        kit_settings(),
+        [echo_registration(EchoServicer())],
+        verifier,
+        checker,
+        denial_recorder=log,
+    )
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield echo_pb2_grpc.EchoServiceStub(channel), log
+    finally:
+        await channel.close(None)
+        await server.stop()
+
+
+async def test_a_refused_permission_is_handed_to_the_denial_recorder_with_request_id_and_peer(
+    denial_server: tuple[echo_pb2_grpc.EchoServiceAsyncStub, DenialLog], keys: KeySet
+) -> None:
+    stub, log = denial_server
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetThing(
+            echo_pb2.GetThingRequest(organization_id="o-1", thing_id="t-9"),
+            metadata=(("x-request-id", "req-denied-1"), *_bearer(keys.mint(sub="u-7"))),
+        )
+
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    [denial] = log.denials
+    assert denial.method == "/keel.testing.v1.EchoService/GetThing"
+    assert (denial.principal.subject, denial.principal.kind) == ("u-7", "user")
+    assert (denial.resource_type, denial.action) == ("thing", "read")
+    assert (denial.resource_id, denial.scope_id) == ("t-9", "o-1")
+    assert denial.request_id == "req-denied-1"
+    assert denial.peer.startswith("ipv4:127.0.0.1:")
+
+
+async def test_a_failing_denial_recorder_leaves_the_answer_permission_denied(
+    denial_server: tuple[echo_pb2_grpc.EchoServiceAsyncStub, DenialLog],
+    keys: KeySet,
+    captured_logs: io.StringIO,
+) -> None:
+    stub, log = denial_server
+    log.failing = True
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetThing(
+            echo_pb2.GetThingRequest(organization_id="o-1", thing_id="t-1"),
+            metadata=(("x-request-id", "req-denied-2"), *_bearer(keys.mint(sub="u-1"))),
+        )
+
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "could not record the denial" in captured_logs.getvalue()
+    assert "req-denied-2" in captured_logs.getvalue()
+
+
+async def test_unauthenticated_and_allowed_calls_record_no_denial(
+    denial_server: tuple[echo_pb2_grpc.EchoServiceAsyncStub, DenialLog],
+    keys: KeySet,
+    checker: RecordingChecker,
+) -> None:
+    stub, log = denial_server
+    checker.grants.add(("u-1", "thing", "read", "t-1", "o-1"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetThing(echo_pb2.GetThingRequest(organization_id="o-1", thing_id="t-1"))
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetThing(
+            echo_pb2.GetThingRequest(organization_id="o-1", thing_id="t-1"), metadata=_bearer("not-a-jwt")
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await stub.GetThing(
+        echo_pb2.GetThingRequest(organization_id="o-1", thing_id="t-1"),
+        metadata=_bearer(keys.mint(sub="u-1")),
+    )
+
+    assert log.denials == []
