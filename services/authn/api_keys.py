@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from services.authn.auditing import authn_event
 from services.authn.crypto import SecretHasher
 from services.authn.ids import new_id
 from services.authn.store import (
@@ -28,6 +29,7 @@ from services.authn.store import (
     Page,
     RequestKey,
 )
+from services.kit.audit import Actor
 from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 
@@ -56,6 +58,11 @@ class ApiKeyView:
     key: ApiKeyRecord
     state: str
     previous_secret_expire_time: datetime | None
+
+
+def public_prefix(key: ApiKeyRecord) -> str:
+    """The visible, non-secret prefix of the key's newest secret: `keel_ak_<public id>`."""
+    return f"{API_KEY_PREFIX}{key.public_id}"
 
 
 def check_api_key_format(secret: str, field_name: str) -> None:
@@ -147,6 +154,19 @@ class ApiKeys:
                     if request_key is not None:
                         # Only the id is remembered: a retry can never reveal the secret again.
                         await tx.remember(request_key, key_id, now)
+                    await tx.record_event(
+                        authn_event(
+                            "authn.api_key.create",
+                            "api_key",
+                            key_id,
+                            now,
+                            details={
+                                "principal_id": principal_id,
+                                "principal_kind": kind,
+                                "api_key_prefix": public_prefix(key),
+                            },
+                        )
+                    )
                     return IssuedApiKey(key, secret)
             except Conflict as conflict:
                 # A 32-bit public id collided (rare); draw another. Anything else is not ours to retry.
@@ -196,6 +216,19 @@ class ApiKeys:
                             "only an active key can be rotated", reason="API_KEY_NOT_ACTIVE"
                         )
                     previous = await tx.previous_secret_expiry(key.id, now)
+                    await tx.record_event(
+                        authn_event(
+                            "authn.api_key.rotate",
+                            "api_key",
+                            key.id,
+                            now,
+                            details={
+                                "principal_id": principal_id,
+                                "api_key_prefix": public_prefix(rotated),
+                                "grace_seconds": int(grace.total_seconds()),
+                            },
+                        )
+                    )
                     return IssuedApiKey(rotated, secret, previous)
             except Conflict as conflict:
                 if conflict.constraint != "api_key_secrets.public_id":
@@ -204,14 +237,30 @@ class ApiKeys:
 
     async def revoke(self, principal_id: str, key_id: str) -> ApiKeyView:
         """Ends the key and every secret of it now."""
+        now = self._clock.now()
         async with self._store.transaction() as tx:
-            key = await tx.revoke_api_key(principal_id, key_id, self._clock.now())
+            key = await tx.revoke_api_key(principal_id, key_id, now)
             if key is None:
                 raise NotFound("api key not found")
+            await tx.record_event(
+                authn_event(
+                    "authn.api_key.revoke",
+                    "api_key",
+                    key_id,
+                    now,
+                    details={"principal_id": principal_id, "api_key_prefix": public_prefix(key)},
+                )
+            )
         return self.view(key, None)
 
-    async def authenticate(self, secret: str) -> ApiKeyRecord:
-        """The key a secret belongs to, when it may be exchanged now; UNAUTHENTICATED otherwise."""
+    async def authenticate(
+        self, secret: str, *, token_grant: bool = False, organization_id: str = ""
+    ) -> ApiKeyRecord:
+        """The key a secret belongs to, when it may be exchanged now; UNAUTHENTICATED otherwise.
+
+        With `token_grant` (the api_key grant of CreateToken) the grant is audited in the same
+        transaction, as the key's principal, for `organization_id`.
+        """
         match = _SECRET.fullmatch(secret)
         if match is None:
             raise Unauthenticated("invalid API key", reason=REASON_INVALID_API_KEY)
@@ -236,4 +285,16 @@ class ApiKeys:
                 # Conditional again in SQL: concurrent exchanges on other replicas write once.
                 await tx.touch_api_key(key.id, now, now - LAST_USE_RESOLUTION)
                 key = replace(key, last_use_time=now)
+            if token_grant:
+                await tx.record_event(
+                    authn_event(
+                        "authn.token.create",
+                        "api_key",
+                        key.id,
+                        now,
+                        actor=Actor(key.principal_id, key.principal_kind),
+                        organization_id=organization_id,
+                        details={"grant": "api_key", "api_key_prefix": public_prefix(key)},
+                    )
+                )
         return key

@@ -15,6 +15,7 @@ from services.authn.signing_keys import SigningKeys
 from services.authn.throttling import source_address
 from services.authn.tokens import IssuedTokens, TokenIssuer, check_refresh_token_format
 from services.authn.users import Users, normalize_email
+from services.kit.audit import looks_like_credential
 from services.kit.context import current_peer
 from services.kit.errors import InvalidArgument, Unauthenticated
 from services.kit.tokens import TokenVerifier
@@ -61,12 +62,17 @@ class TokenApi(tokens_pb2_grpc.TokenServiceServicer):
             raise InvalidArgument(
                 "organization_id", f"must be at most {MAX_ORGANIZATION_ID_LENGTH} characters"
             )
+        if looks_like_credential(organization_id):
+            # It would go into the token and the audit log: a credential belongs in neither.
+            raise InvalidArgument("organization_id", "is not an organization id")
         grant = request.WhichOneof("grant")
         if grant == "password":
             return _response(await self._password_grant(request.password, organization_id))
         if grant == "api_key":
             check_api_key_format(request.api_key.secret, "api_key.secret")
-            key = await self._api_keys.authenticate(request.api_key.secret)
+            key = await self._api_keys.authenticate(
+                request.api_key.secret, token_grant=True, organization_id=organization_id
+            )
             token, expire_time = await self._tokens.mint_access_token(
                 key.principal_id, key.principal_kind, organization_id
             )
@@ -76,7 +82,7 @@ class TokenApi(tokens_pb2_grpc.TokenServiceServicer):
             return _response(await self._tokens.refresh(request.refresh_token.refresh_token, organization_id))
         if grant == "oidc_code":
             user = await self._oidc.complete(request.oidc_code.code, request.oidc_code.state)
-            return _response(await self._tokens.start_session(user.id, organization_id))
+            return _response(await self._tokens.start_session(user.id, organization_id, "oidc_code"))
         raise InvalidArgument(
             "grant", "exactly one of password, api_key, refresh_token or oidc_code is required"
         )

@@ -21,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from services.authn.auditing import authn_event
 from services.authn.crypto import SecretBox, SecretHasher
 from services.authn.ids import new_id
 from services.authn.oidc import OidcClient, OidcIdentity
 from services.authn.store import AuthnStore, Conflict, OidcLoginRecord, UserRecord
 from services.authn.users import MAX_DISPLAY_NAME_LENGTH
+from services.kit.audit import SYSTEM
 from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 
@@ -143,6 +145,17 @@ class OidcLogins:
                 await tx.insert_user(user)
                 await tx.insert_identity(
                     new_id(), user.id, identity.issuer, identity.subject, identity.email, now
+                )
+                # Provisioned by authn on the provider's word, not by the (still anonymous) caller.
+                await tx.record_event(
+                    authn_event(
+                        "authn.user.create",
+                        "user",
+                        user.id,
+                        now,
+                        actor=SYSTEM,
+                        details={"email": email, "identity_issuer": identity.issuer, "source": "oidc"},
+                    )
                 )
         except Conflict as conflict:
             if conflict.constraint == "users.email":

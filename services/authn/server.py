@@ -3,6 +3,8 @@
 Also runs the signing-key maintenance task (rotation on schedule, expiry of
 retired keys) and verifies incoming access tokens in-process: the kit's
 JwksCache is fed straight from authn's own store, no network hop to itself.
+Audit events go to authn's outbox with each change (denials too) and are
+shipped to orgs when authn has its own credential (KEEL_SERVICE_API_KEY_FILE).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -38,10 +41,11 @@ from services.authn.permissions import PlatformAdminChecker
 from services.authn.service_accounts import ServiceAccounts
 from services.authn.settings import AuthnSettings, master_key_bytes
 from services.authn.signing_keys import SigningKeys
-from services.authn.store import AuthnStore
+from services.authn.store import AuthnStore, audit_outbox
 from services.authn.throttling import LoginThrottle, ThrottleLimits
 from services.authn.tokens import TokenIssuer
 from services.authn.users import Users
+from services.kit.audit import AuditOutbox
 from services.kit.clock import Clock, SystemClock
 from services.kit.context import Principal
 from services.kit.db import create_engine_from_settings
@@ -94,11 +98,20 @@ class AuthnDomain:
         return True
 
 
+def _nothing() -> None:
+    return None
+
+
 def build_domain(
-    settings: AuthnSettings, engine: AsyncEngine, clock: Clock, http: httpx.AsyncClient | None = None
+    settings: AuthnSettings,
+    engine: AsyncEngine,
+    clock: Clock,
+    http: httpx.AsyncClient | None = None,
+    *,
+    audit_recorded: Callable[[], None] = _nothing,
 ) -> AuthnDomain:
-    """The domain objects over one engine."""
-    store = AuthnStore(engine)
+    """The domain objects over one engine; `audit_recorded` runs after commits that recorded events."""
+    store = AuthnStore(engine, audit_recorded)
     keyring = Keyring(master_key_bytes(settings.authn_master_key))
     passwords = Passwords(
         PasswordCost(
@@ -187,6 +200,7 @@ class AuthnService:
     server: KeelServer
     jwks: JwksCache
     verifier: TokenVerifier
+    outbox: AuditOutbox
     _maintenance: asyncio.Task[None] | None = field(default=None, init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -202,6 +216,7 @@ class AuthnService:
         await self.jwks.refresh()
         port = await self.server.start()
         self._maintenance = asyncio.create_task(self._maintain_keys(), name="authn-signing-key-maintenance")
+        self.outbox.start()
         return port
 
     async def maintain_keys_once(self) -> None:
@@ -236,6 +251,7 @@ class AuthnService:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
+        await self.outbox.stop()
         if self.domain.oidc_client is not None:
             await self.domain.oidc_client.aclose()
         await self.domain.engine.dispose()
@@ -251,7 +267,8 @@ def build_service(
     """A complete authn service, not yet started."""
     clock = clock or SystemClock()
     engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
-    domain = build_domain(settings, engine, clock, http)
+    outbox = AuditOutbox.from_settings(engine, audit_outbox, settings, clock, SERVICE_NAME)
+    domain = build_domain(settings, engine, clock, http, audit_recorded=outbox.notify)
 
     jwks = JwksCache(
         domain.signing_keys.jwks,
@@ -311,5 +328,6 @@ def build_service(
         verifier,
         PlatformAdminChecker(domain.users),
         max_message_bytes=MAX_REQUEST_BYTES,
+        denial_recorder=outbox.denial_recorder,
     )
-    return AuthnService(domain, server, jwks, verifier)
+    return AuthnService(domain, server, jwks, verifier, outbox)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from services.authn.auditing import authn_event
 from services.authn.ids import new_id
 from services.authn.store import AuthnStore, Conflict, ListQuery, Page, RequestKey, ServiceAccountRecord
 from services.kit.clock import Clock
@@ -70,6 +71,15 @@ class ServiceAccounts:
                 await tx.insert_service_account(record)
                 if request_key is not None:
                     await tx.remember(request_key, record.id, now)
+                await tx.record_event(
+                    authn_event(
+                        "authn.service_account.create",
+                        "service_account",
+                        record.id,
+                        now,
+                        details={"display_name": record.display_name},
+                    )
+                )
         except Conflict as conflict:
             if conflict.constraint == "service_accounts.display_name":
                 raise _already_exists() from None
@@ -108,9 +118,19 @@ class ServiceAccounts:
                 version = current.version
                 if not values:
                     return current
-                updated = await tx.update_service_account(account_id, version, values, self._clock.now())
+                now = self._clock.now()
+                updated = await tx.update_service_account(account_id, version, values, now)
                 if updated is None:
                     raise Aborted("the service account changed since it was read", reason="ETAG_MISMATCH")
+                await tx.record_event(
+                    authn_event(
+                        "authn.service_account.update",
+                        "service_account",
+                        account_id,
+                        now,
+                        details={"fields": sorted(values)},
+                    )
+                )
                 return updated
         except Conflict as conflict:
             if conflict.constraint == "service_accounts.display_name":
@@ -119,5 +139,10 @@ class ServiceAccounts:
 
     async def deactivate(self, account_id: str) -> ServiceAccountRecord:
         """DEACTIVATED, with every API key revoked in the same transaction."""
+        now = self._clock.now()
         async with self._store.transaction() as tx:
-            return self._require(await tx.deactivate_service_account(account_id, self._clock.now()))
+            account = self._require(await tx.deactivate_service_account(account_id, now))
+            await tx.record_event(
+                authn_event("authn.service_account.deactivate", "service_account", account_id, now)
+            )
+            return account

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.authn.auditing import authn_event
 from services.authn.crypto import SecretBox
 from services.authn.store import AuthnStore, Conflict, ListQuery, Page, SigningKeyRecord
 from services.kit.clock import Clock
@@ -150,6 +151,15 @@ class SigningKeys:
             async with self._store.transaction() as tx:
                 record = self._generate(self._clock.now())
                 await tx.insert_signing_key(record)
+                await tx.record_event(
+                    authn_event(
+                        "authn.signing_key.create",
+                        "signing_key",
+                        record.id,
+                        record.create_time,
+                        details={"algorithm": record.algorithm},
+                    )
+                )
                 return record
         except Conflict:
             return await self._read_current()
@@ -186,14 +196,32 @@ class SigningKeys:
                         raise RotationLost
                 record = self._generate(now)
                 await tx.insert_signing_key(record)
+                # By an admin's RotateSigningKey, or by SYSTEM when the maintenance task rotates.
+                await tx.record_event(
+                    authn_event(
+                        "authn.signing_key.rotate",
+                        "signing_key",
+                        record.id,
+                        now,
+                        details={
+                            "algorithm": record.algorithm,
+                            "retired_key_id": current.id if current is not None else "",
+                        },
+                    )
+                )
                 return record
         except (RotationLost, Conflict):
             return await self._read_current()
 
     async def expire_due(self) -> int:
         """Unpublishes retired keys whose tokens have all expired; how many."""
+        now = self._clock.now()
         async with self._store.transaction() as tx:
-            count = await tx.expire_signing_keys(self._clock.now())
+            count = await tx.expire_signing_keys(now)
+            if count:
+                await tx.record_event(
+                    authn_event("authn.signing_key.expire", "signing_key", "", now, details={"count": count})
+                )
         return count
 
     async def signer(self) -> Signer:

@@ -11,7 +11,7 @@ keyed hashes, argon2id hashes and AES-GCM ciphertexts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -43,6 +43,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.kit import audit as kit_audit
 from services.kit import idempotency as kit_idempotency
 from services.kit.db import UtcDateTime
 from services.kit.filtering import FilterField, parse_filter
@@ -190,6 +191,9 @@ oidc_logins = Table(
 )
 
 idempotency = kit_idempotency.idempotency_table(metadata)
+
+# Audit events, written in the transaction of the change they describe (kit transactional outbox).
+audit_outbox = kit_audit.audit_outbox_table(metadata)
 
 
 # --- records -----------------------------------------------------------------------------------------
@@ -440,11 +444,20 @@ def _conflict(error: IntegrityError) -> Conflict:
 # --- the store ----------------------------------------------------------------------------------------
 
 
-class AuthnStore:
-    """Opens transactions on the authn database."""
+def _nothing() -> None:
+    return None
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+class AuthnStore:
+    """Opens transactions on the authn database.
+
+    `audit_recorded` is called after a transaction that recorded audit events
+    has committed (the server wires it to the outbox shipper's notify()).
+    """
+
+    def __init__(self, engine: AsyncEngine, audit_recorded: Callable[[], None] = _nothing) -> None:
         self.engine = engine
+        self.audit_recorded = audit_recorded
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AuthnTx]:
@@ -455,9 +468,12 @@ class AuthnStore:
         """
         try:
             async with self.engine.begin() as conn:
-                yield AuthnTx(conn)
+                tx = AuthnTx(conn)
+                yield tx
         except IntegrityError as error:
             raise _conflict(error) from None
+        if tx.events_recorded:
+            self.audit_recorded()
 
 
 class AuthnTx:
@@ -465,6 +481,12 @@ class AuthnTx:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        self.events_recorded = 0
+
+    async def record_event(self, event: kit_audit.AuditEvent) -> None:
+        """Adds an audit event to the outbox; it exists iff this transaction commits."""
+        await kit_audit.record(self.conn, audit_outbox, event)
+        self.events_recorded += 1
 
     async def _one(self, cls: type[RecordT], statement: Any) -> RecordT | None:
         return _record(cls, (await self.conn.execute(statement)).first())
@@ -851,13 +873,14 @@ class AuthnTx:
         )
         return bool(result.rowcount == 1)
 
-    async def revoke_refresh_family(self, family_id: str, now: datetime, reason: str) -> None:
-        """Ends a family: none of its tokens is accepted any more."""
-        await self.conn.execute(
+    async def revoke_refresh_family(self, family_id: str, now: datetime, reason: str) -> bool:
+        """Ends a family: none of its tokens is accepted any more. False when it already was ended."""
+        result = await self.conn.execute(
             update(refresh_families)
             .where(refresh_families.c.id == family_id, refresh_families.c.revoke_time.is_(None))
             .values(revoke_time=now, revoke_reason=reason)
         )
+        return bool(result.rowcount == 1)
 
     async def revoke_user_families(
         self, user_id: str, now: datetime, *, reason: str, keep_family_id: str | None = None

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from services.authn.crypto import SecretHasher
 from services.authn.store import AuthnStore, ThrottleRecord
+from services.kit.audit import AuditEvent
 from services.kit.clock import Clock
 from services.kit.errors import ResourceExhausted
 
@@ -79,14 +80,19 @@ class LoginThrottle:
                 reason=REASON_TOO_MANY_LOGIN_ATTEMPTS,
             )
 
-    async def record_failure(self, email: str, source: str) -> None:
-        """Counts one failure against the account and the source, locking them when over the limit."""
+    async def record_failure(self, email: str, source: str, event: AuditEvent | None = None) -> None:
+        """Counts one failure against the account and the source, locking them when over the limit.
+
+        `event` (the failed login's audit event) is recorded in the same transaction.
+        """
         now = self._clock.now()
         keys = self._keys(email, source)
         async with self._store.transaction() as tx:
             existing = {r.throttle_key: r for r in await tx.get_throttles(list(keys))}
             for key, limit in keys.items():
                 await tx.save_throttle(self._after_failure(key, limit, existing.get(key), now))
+            if event is not None:
+                await tx.record_event(event)
 
     def _after_failure(
         self, key: str, limit: int, record: ThrottleRecord | None, now: datetime

@@ -19,10 +19,12 @@ from datetime import datetime, timedelta
 
 import jwt
 
+from services.authn.auditing import authn_event
 from services.authn.crypto import SecretHasher
 from services.authn.ids import new_id
 from services.authn.signing_keys import SigningKeys
 from services.authn.store import AuthnStore, RefreshTokenRecord
+from services.kit.audit import Actor
 from services.kit.clock import Clock
 from services.kit.errors import InvalidArgument, Unauthenticated
 
@@ -116,14 +118,28 @@ class TokenIssuer:
         )
         return token, record
 
-    async def start_session(self, user_id: str, organization_id: str) -> IssuedTokens:
-        """A new refresh family for a user who just authenticated, with its first tokens."""
+    async def start_session(
+        self, user_id: str, organization_id: str, grant: str = "password"
+    ) -> IssuedTokens:
+        """A new refresh family for a user who just authenticated by `grant`, with its first tokens."""
         now = self._clock.now()
         family_id = new_id()
         token, record = self._new_refresh_token(family_id, now)
         async with self._store.transaction() as tx:
             await tx.insert_refresh_family(family_id, user_id, now)
             await tx.insert_refresh_token(record)
+            # The caller was anonymous until now: the user who logged in is the actor.
+            await tx.record_event(
+                authn_event(
+                    "authn.token.create",
+                    "session",
+                    family_id,
+                    now,
+                    actor=Actor(user_id, "user"),
+                    organization_id=organization_id,
+                    details={"grant": grant},
+                )
+            )
         access_token, access_expire = await self.mint_access_token(
             user_id, "user", organization_id, session_id=family_id
         )
@@ -147,6 +163,16 @@ class TokenIssuer:
             # The conditional update makes concurrent uses of one token race to a single winner.
             if token.spent_time is not None or not await tx.spend_refresh_token(token_hash, now):
                 await tx.revoke_refresh_family(family.id, now, reason="reused")
+                # The presenter is anonymous; its source address is what the log can tell.
+                await tx.record_event(
+                    authn_event(
+                        "authn.session.revoke",
+                        "session",
+                        family.id,
+                        now,
+                        details={"reason": "refresh_token_reused", "user_id": family.user_id},
+                    )
+                )
                 reused = True
             else:
                 next_token, record = self._new_refresh_token(family.id, now)
@@ -167,8 +193,16 @@ class TokenIssuer:
         now = self._clock.now()
         async with self._store.transaction() as tx:
             found = await tx.find_refresh_token(self._hasher.digest(refresh_token, _HASH_PURPOSE))
-            if found is not None:
-                await tx.revoke_refresh_family(found[1].id, now, reason="logout")
+            if found is not None and await tx.revoke_refresh_family(found[1].id, now, reason="logout"):
+                await tx.record_event(
+                    authn_event(
+                        "authn.session.revoke",
+                        "session",
+                        found[1].id,
+                        now,
+                        details={"reason": "logout", "user_id": found[1].user_id},
+                    )
+                )
 
     async def is_session_live(self, session_id: str) -> bool:
         """Whether a refresh family (the "sid" of an access token) is still live."""

@@ -11,12 +11,15 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from services.authn.auditing import authn_event
 from services.authn.ids import new_id
 from services.authn.passwords import Passwords, check_password_policy
 from services.authn.store import AuthnStore, Conflict, ListQuery, Page, RequestKey, UserRecord
 from services.authn.throttling import LoginThrottle
+from services.kit.audit import AuditEvent
 from services.kit.clock import Clock
 from services.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from services.kit.fieldmask import check_etag
@@ -105,6 +108,15 @@ class Users:
                 await tx.insert_user(record)
                 if request_key is not None:
                     await tx.remember(request_key, record.id, now)
+                await tx.record_event(
+                    authn_event(
+                        "authn.user.create",
+                        "user",
+                        record.id,
+                        now,
+                        details={"email": email, "platform_admin": platform_admin},
+                    )
+                )
         except Conflict as conflict:
             if conflict.constraint == "users.email":
                 raise AlreadyExists(
@@ -149,11 +161,15 @@ class Users:
                 version = current.version
                 if not values:
                     return current
-                updated = await tx.update_user(user_id, version, values, self._clock.now())
+                now = self._clock.now()
+                updated = await tx.update_user(user_id, version, values, now)
                 if updated is None:
                     raise Aborted(
                         "the user changed since it was read; re-read and retry", reason="ETAG_MISMATCH"
                     )
+                await tx.record_event(
+                    authn_event("authn.user.update", "user", user_id, now, details={"fields": sorted(values)})
+                )
                 return updated
         except Conflict as conflict:
             if conflict.constraint == "users.email":
@@ -174,7 +190,9 @@ class Users:
             user = await tx.get_user_by_email(email)
         matches = await self._passwords.verify(user.password_hash if user else None, password)
         if user is None or not matches or user.state != "active":
-            await self._throttle.record_failure(email, source)
+            await self._throttle.record_failure(
+                email, source, _failed_login(user, matches, self._clock.now())
+            )
             raise Unauthenticated("invalid credentials", reason=REASON_INVALID_CREDENTIALS)
         await self._throttle.record_success(email)
         if user.password_hash is not None and self._passwords.needs_rehash(user.password_hash):
@@ -209,11 +227,16 @@ class Users:
             await tx.revoke_user_families(
                 user_id, now, reason="password_changed", keep_family_id=keep_session_id
             )
+            # Never the password, old or new: the event only says that it changed.
+            await tx.record_event(authn_event("authn.user.change_password", "user", user_id, now))
 
     async def deactivate(self, user_id: str) -> UserRecord:
         """DEACTIVATED, with every refresh family and API key revoked in the same transaction."""
+        now = self._clock.now()
         async with self._store.transaction() as tx:
-            return await self._require(await tx.deactivate_user(user_id, self._clock.now()))
+            user = await self._require(await tx.deactivate_user(user_id, now))
+            await tx.record_event(authn_event("authn.user.deactivate", "user", user_id, now))
+            return user
 
     async def is_active(self, user_id: str) -> bool:
         """Whether the user exists and is active."""
@@ -236,3 +259,24 @@ class Users:
         password = secrets.token_urlsafe(18)
         user = await self.create(email, "Administrator", password, platform_admin=True)
         return BootstrapResult(user.email or email, password)
+
+
+def _failed_login(user: UserRecord | None, password_matched: bool, now: datetime) -> AuditEvent:
+    """The FAILED event of a password login: the user's id only when the account exists.
+
+    The submitted e-mail of an unknown account is never recorded (it may be a
+    password typed into the wrong field), nor logged as an action on someone.
+    """
+    if user is None:
+        reason, user_id = "unknown_account", ""
+    else:
+        reason = "deactivated" if password_matched else "wrong_password"
+        user_id = user.id
+    return authn_event(
+        "authn.token.create",
+        "user",
+        user_id,
+        now,
+        outcome="FAILED",
+        details={"grant": "password", "reason": reason},
+    )

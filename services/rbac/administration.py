@@ -3,6 +3,9 @@
 Every write bumps the revision in its own transaction and returns it, then
 drops the organization's cached index on this replica, so a check on this
 replica after the write sees it (other replicas within the poll bound).
+Every write also records an audit event ("rbac.<resource>.<verb>", with the
+organization) in that transaction; a refusal by the escalation guard records
+a DENIED event in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from services.kit.audit import SYSTEM, AuditEvent, Outcome, event_for_request, redact_credentials
 from services.kit.clock import Clock
+from services.kit.context import current_request_id
 from services.kit.errors import (
     Aborted,
     AlreadyExists,
@@ -27,7 +32,15 @@ from services.rbac.catalog import BUILT_IN_ROLES, LEVELS, ORGANIZATION_ADMIN, OW
 from services.rbac.catalog import is_permission as in_catalogue
 from services.rbac.decisions import Decisions
 from services.rbac.evaluator import Ref
-from services.rbac.store import BindingRecord, Conflict, ListQuery, RbacStore, RbacTx, RoleRecord
+from services.rbac.store import (
+    BindingRecord,
+    Conflict,
+    ListQuery,
+    RbacStore,
+    RbacTx,
+    RoleRecord,
+    encode_permissions,
+)
 
 _EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -100,6 +113,63 @@ def _check_description(value: str, field: str) -> str:
     return value
 
 
+# Beyond this many encoded bytes a role's event carries the count of its permissions, not the list.
+_MAX_LISTED_PERMISSIONS_BYTES = 3000
+
+
+def rbac_event(
+    action: str,
+    organization_id: str,
+    resource_type: str,
+    resource_id: str,
+    occur_time: datetime,
+    *,
+    outcome: Outcome = "SUCCESS",
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """An event of the request being served, or of SYSTEM outside one (start-up, the command line).
+
+    Ids and names come from callers, so credential-shaped ones are redacted rather than refused.
+    """
+    return event_for_request(
+        action=action,
+        resource_type=resource_type,
+        resource_id=redact_credentials(resource_id),
+        organization_id=redact_credentials(organization_id),
+        occur_time=occur_time,
+        outcome=outcome,
+        details=redact_credentials(details or {}),
+        actor=None if current_request_id() else SYSTEM,
+    )
+
+
+def _permissions_details(permissions: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    encoded = encode_permissions(permissions)
+    if len(encoded) > _MAX_LISTED_PERMISSIONS_BYTES:
+        return {"permission_count": len(set(permissions))}
+    return {"permissions": sorted(f"{t}.{a}" for t, a in set(permissions))}
+
+
+def _scope_details(scope: Ref) -> dict[str, str]:
+    named = {
+        "workspace_id": scope.workspace_id,
+        "project_id": scope.project_id,
+        "scope_resource_type": scope.resource_type,
+        "scope_resource_id": scope.resource_id,
+    }
+    return {key: value for key, value in named.items() if value}
+
+
+def _binding_details(record: BindingRecord) -> dict[str, Any]:
+    return {
+        "subject_kind": record.subject_kind,
+        "subject_id": record.subject_id,
+        "role_id": record.role_id,
+        "level": record.level,
+        **_scope_details(record.scope),
+    }
+
+
 class Administration:
     """Role, binding, membership and ownership writes, and the reads that go with them."""
 
@@ -109,11 +179,14 @@ class Administration:
         decisions: Decisions,
         clock: Clock,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        mesh_service_accounts: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
         self._decisions = decisions
         self._clock = clock
         self._new_id = new_id
+        # The control plane's own accounts write bindings for others (creators, invitees): no guard.
+        self._mesh_service_accounts = mesh_service_accounts
 
     # roles --------------------------------------------------------------------------------------------
 
@@ -149,6 +222,16 @@ class Administration:
                         request_key.method, request_key.principal, request_key.request_id, record.id, now
                     )
                 await tx.bump_revision(organization_id)
+                await tx.record_event(
+                    rbac_event(
+                        "rbac.role.create",
+                        organization_id,
+                        "role",
+                        record.id,
+                        now,
+                        details={"display_name": name, "level": level, **_permissions_details(checked)},
+                    )
+                )
         except Conflict:
             raise AlreadyExists(f"a role named {name!r} exists in the organization") from None
         self._decisions.invalidate(organization_id)
@@ -191,11 +274,18 @@ class Administration:
             async with self._store.transaction() as tx:
                 current = (await self._role_in(tx, organization_id, role_id)).record
                 check_etag(etag, current.version)
-                if not await tx.update_role(role_id, current.version, values, self._clock.now()):
+                now = self._clock.now()
+                if not await tx.update_role(role_id, current.version, values, now):
                     raise Aborted(
                         "the role changed concurrently; read it again and retry", reason="ETAG_MISMATCH"
                     )
                 await tx.bump_revision(organization_id)
+                details: dict[str, Any] = {"fields": sorted(values)}
+                if "permissions" in values:
+                    details.update(_permissions_details(values["permissions"]))
+                await tx.record_event(
+                    rbac_event("rbac.role.update", organization_id, "role", role_id, now, details=details)
+                )
                 updated = await self._role_in(tx, organization_id, role_id)
         except Conflict:
             raise AlreadyExists("a role with that name exists in the organization") from None
@@ -215,6 +305,16 @@ class Administration:
                 )
             await tx.delete_role(role_id)
             revision = await tx.bump_revision(organization_id)
+            await tx.record_event(
+                rbac_event(
+                    "rbac.role.delete",
+                    organization_id,
+                    "role",
+                    role_id,
+                    self._clock.now(),
+                    details={"display_name": current.display_name},
+                )
+            )
         self._decisions.invalidate(organization_id)
         return revision
 
@@ -229,6 +329,7 @@ class Administration:
         *,
         request_key: RequestKey | None = None,
         granter: tuple[str, str] | None = None,
+        action: str = "rbac.role_binding.create",
     ) -> BindingRecord:
         """Binds a subject to a role at a scope or on one resource; an identical grant is ALREADY_EXISTS.
 
@@ -245,7 +346,7 @@ class Administration:
             raise InvalidArgument("role_binding.scope.resource_id", "is required with resource_type")
         level = scope.level
         if granter is not None:
-            await self._refuse_escalation(granter, role_id, scope)
+            await self._refuse_escalation(granter, role_id, scope, action)
         now = self._clock.now()
         async with self._store.transaction() as tx:
             if request_key is not None:
@@ -284,6 +385,11 @@ class Administration:
                 await tx.remember(
                     request_key.method, request_key.principal, request_key.request_id, record.id, now
                 )
+            await tx.record_event(
+                rbac_event(
+                    action, organization_id, "role_binding", record.id, now, details=_binding_details(record)
+                )
+            )
         self._decisions.invalidate(organization_id)
         return record
 
@@ -322,7 +428,7 @@ class Administration:
                 bound = await tx.get_binding(organization_id, binding_id)
             if bound is None:
                 raise NotFound("role binding not found")
-            await self._refuse_escalation(remover, bound.role_id, bound.scope)
+            await self._refuse_escalation(remover, bound.role_id, bound.scope, "rbac.role_binding.delete")
         async with self._store.transaction() as tx:
             found = await tx.get_binding(organization_id, binding_id)
             if found is None:
@@ -335,6 +441,16 @@ class Administration:
                 raise FailedPrecondition("the last organization admin cannot be removed", reason="LAST_ADMIN")
             await tx.delete_binding(binding_id)
             revision = await tx.bump_revision(organization_id)
+            await tx.record_event(
+                rbac_event(
+                    "rbac.role_binding.delete",
+                    organization_id,
+                    "role_binding",
+                    binding_id,
+                    self._clock.now(),
+                    details=_binding_details(found),
+                )
+            )
         self._decisions.invalidate(organization_id)
         return revision
 
@@ -362,7 +478,9 @@ class Administration:
             if (existing.subject_kind, existing.subject_id) == owner:
                 return existing
             raise AlreadyExists("the resource already has an owner")
-        return await self.create_binding(resource.organization_id, owner, OWNER_ROLE, resource)
+        return await self.create_binding(
+            resource.organization_id, owner, OWNER_ROLE, resource, action="rbac.ownership.record"
+        )
 
     async def share_resource(
         self, sharer: tuple[str, str], resource: Ref, subject: tuple[str, str], role_id: str
@@ -380,20 +498,49 @@ class Administration:
             raise InvalidArgument("role_id", "ownership is recorded by RecordOwnership, not shared")
         index, _ = await self._decisions.index(resource.organization_id, await self._current_revision())
         if (resource.resource_type, "share") not in index.effective(sharer, resource):
+            await self.record_denial("rbac.resource.share", resource, f"{resource.resource_type}.share")
             raise PermissionDenied(
                 "permission denied", metadata={"permission": f"{resource.resource_type}.share"}
             )
-        return await self.create_binding(resource.organization_id, subject, role_id, resource, granter=sharer)
+        return await self.create_binding(
+            resource.organization_id, subject, role_id, resource, granter=sharer, action="rbac.resource.share"
+        )
 
-    async def _refuse_escalation(self, caller: tuple[str, str], role_id: str, scope: Ref) -> None:
+    async def _refuse_escalation(
+        self, caller: tuple[str, str], role_id: str, scope: Ref, action: str
+    ) -> None:
         """PERMISSION_DENIED (ESCALATION) unless the caller holds, at `scope`, all the role grants there."""
+        if caller[0] == "service_account" and caller[1] in self._mesh_service_accounts:
+            return
         index, _ = await self._decisions.index(scope.organization_id, await self._current_revision())
         granted = index.roles.get(role_id, frozenset())
         if scope.resource_id:
             granted = frozenset(p for p in granted if p[0] == scope.resource_type)
         if not granted <= index.effective(caller, scope):
+            await self.record_denial(action, scope, "", reason="ESCALATION", role_id=role_id)
             raise PermissionDenied(
                 "the role grants more than the caller holds at this scope", reason="ESCALATION"
+            )
+
+    async def record_denial(
+        self, action: str, resource: Ref, permission: str, *, reason: str = "", role_id: str = ""
+    ) -> None:
+        """Records a DENIED event for a refusal decided past the interceptor, in its own transaction."""
+        details: dict[str, Any] = _scope_details(resource)
+        for key, value in (("permission", permission), ("reason", reason), ("role_id", role_id)):
+            if value:
+                details[key] = value
+        async with self._store.transaction() as tx:
+            await tx.record_event(
+                rbac_event(
+                    action,
+                    resource.organization_id,
+                    resource.resource_type or "organization",
+                    resource.resource_id or resource.organization_id,
+                    self._clock.now(),
+                    outcome="DENIED",
+                    details=details,
+                )
             )
 
     async def _current_revision(self) -> int:
@@ -407,6 +554,19 @@ class Administration:
                 resource.organization_id, resource.resource_type, resource.resource_id
             )
             revision = await tx.bump_revision(resource.organization_id)
+            await tx.record_event(
+                rbac_event(
+                    "rbac.resource.forget",
+                    resource.organization_id,
+                    resource.resource_type,
+                    resource.resource_id,
+                    self._clock.now(),
+                    details={
+                        "deleted_bindings": deleted,
+                        **_scope_details(replace(resource, resource_type="", resource_id="")),
+                    },
+                )
+            )
         self._decisions.invalidate(resource.organization_id)
         return deleted, revision
 
@@ -423,7 +583,7 @@ class Administration:
             async with self._store.transaction() as tx:
                 held = await tx.subject_bindings(organization_id, kind, subject_id)
             for binding in held:
-                await self._refuse_escalation(remover, binding.role_id, binding.scope)
+                await self._refuse_escalation(remover, binding.role_id, binding.scope, "rbac.subject.purge")
         async with self._store.transaction() as tx:
             if (
                 kind == "user"
@@ -434,6 +594,16 @@ class Administration:
             bindings = await tx.delete_subject_bindings(organization_id, kind, subject_id)
             memberships = await tx.delete_memberships_of(organization_id, kind, subject_id)
             revision = await tx.bump_revision(organization_id)
+            await tx.record_event(
+                rbac_event(
+                    "rbac.subject.purge",
+                    organization_id,
+                    kind,
+                    subject_id,
+                    self._clock.now(),
+                    details={"deleted_bindings": bindings, "deleted_memberships": memberships},
+                )
+            )
         self._decisions.invalidate(organization_id)
         return bindings, memberships, revision
 
@@ -443,9 +613,21 @@ class Administration:
         """Records a membership (idempotent); the revision."""
         if member[0] not in MEMBER_KINDS:
             raise InvalidArgument("member.kind", "must be USER or SERVICE_ACCOUNT")
+        now = self._clock.now()
         async with self._store.transaction() as tx:
-            await tx.add_member(organization_id, team_id, member[0], member[1], self._clock.now())
+            added = await tx.add_member(organization_id, team_id, member[0], member[1], now)
             revision = await tx.bump_revision(organization_id)
+            if added:  # a repeated add changes nothing, so it is not an audited change
+                await tx.record_event(
+                    rbac_event(
+                        "rbac.team_member.add",
+                        organization_id,
+                        "team",
+                        team_id,
+                        now,
+                        details={"member_kind": member[0], "member_id": member[1]},
+                    )
+                )
         self._decisions.invalidate(organization_id)
         return revision
 
@@ -454,10 +636,50 @@ class Administration:
         if member[0] not in MEMBER_KINDS:
             raise InvalidArgument("member.kind", "must be USER or SERVICE_ACCOUNT")
         async with self._store.transaction() as tx:
-            await tx.remove_member(organization_id, team_id, member[0], member[1])
+            removed = await tx.remove_member(organization_id, team_id, member[0], member[1])
             revision = await tx.bump_revision(organization_id)
+            if removed:
+                await tx.record_event(
+                    rbac_event(
+                        "rbac.team_member.remove",
+                        organization_id,
+                        "team",
+                        team_id,
+                        self._clock.now(),
+                        details={"member_kind": member[0], "member_id": member[1]},
+                    )
+                )
         self._decisions.invalidate(organization_id)
         return revision
+
+    # organizations ------------------------------------------------------------------------------------
+
+    async def purge_organization(self, organization_id: str) -> tuple[int, int, int, int]:
+        """Deletes every custom role, binding and team membership of a deleted organization.
+
+        One transaction; returns (bindings, roles, memberships, revision). The
+        organization's index leaves this replica's memory; other replicas see
+        the change within the poll bound like any write.
+        """
+        async with self._store.transaction() as tx:
+            bindings, roles, memberships = await tx.purge_organization(organization_id)
+            revision = await tx.bump_revision(organization_id)
+            await tx.record_event(
+                rbac_event(
+                    "rbac.organization.purge",
+                    organization_id,
+                    "organization",
+                    organization_id,
+                    self._clock.now(),
+                    details={
+                        "deleted_bindings": bindings,
+                        "deleted_roles": roles,
+                        "deleted_memberships": memberships,
+                    },
+                )
+            )
+        self._decisions.forget(organization_id)
+        return bindings, roles, memberships, revision
 
     async def bootstrap_organization_admin(self, organization_id: str, user_id: str) -> BindingRecord:
         """Binds organization Admin to a user unless the user holds it already."""

@@ -253,6 +253,9 @@ class PermissionApi(rbac_pb2_grpc.PermissionServiceServicer):
         # The rule is `authenticated`: the permission needed depends on the resource's type.
         allowed, _ = await self._decisions.check(caller(), (resource.resource_type, "delete"), resource)
         if not allowed:
+            await self._administration.record_denial(
+                "rbac.resource.forget", resource, f"{resource.resource_type}.delete"
+            )
             raise PermissionDenied(
                 "permission denied", metadata={"permission": f"{resource.resource_type}.delete"}
             )
@@ -381,6 +384,17 @@ class RoleBindingApi(rbac_pb2_grpc.RoleBindingServiceServicer):
         )
         return rbac_pb2.PurgeSubjectResponse(
             deleted_bindings=bindings, deleted_memberships=memberships, revision=revision
+        )
+
+    async def PurgeOrganization(
+        self, request: rbac_pb2.PurgeOrganizationRequest, context: Context
+    ) -> rbac_pb2.PurgeOrganizationResponse:
+        organization_id = required_id(request.organization_id, "organization_id")
+        bindings, roles, memberships, revision = await self._administration.purge_organization(
+            organization_id
+        )
+        return rbac_pb2.PurgeOrganizationResponse(
+            deleted_bindings=bindings, deleted_roles=roles, deleted_memberships=memberships, revision=revision
         )
 
 

@@ -70,6 +70,18 @@ class Decisions:
         # finishes after it must not count as fresh.
         self._generations[organization_id] = self._generations.get(organization_id, 0) + 1
 
+    def forget(self, organization_id: str) -> None:
+        """Drops the organization's index from memory (it was purged); a later check reloads it.
+
+        The generation moves on as for any local write, so a load already in flight is not kept.
+        """
+        self.invalidate(organization_id)
+        self._entries.pop(organization_id, None)
+
+    def cached_organizations(self) -> frozenset[str]:
+        """The organizations whose index this replica holds (tests, diagnostics)."""
+        return frozenset(self._entries)
+
     def _usable(self, organization_id: str, at_least_revision: int, max_age: float) -> _Entry | None:
         """The cached entry when it may answer (no local write since, fresh enough), else None."""
         entry = self._entries.get(organization_id)

@@ -1,17 +1,21 @@
 """Wiring of RBAC: settings → engine → migrations → store → decisions/administration → servicers.
 
 RBAC authorizes its own RPCs with its own decisions (RbacChecker), and
-verifies access tokens against authn's JWKS like every other service.
+verifies access tokens against authn's JWKS like every other service. Audit
+events go to RBAC's outbox with each write (denials too) and are shipped to
+orgs when RBAC has its own credential (KEEL_SERVICE_API_KEY_FILE).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel.rbac.v1 import rbac_pb2_grpc
+from services.kit.audit import AuditOutbox
 from services.kit.clients import connect
 from services.kit.clock import Clock, SystemClock
 from services.kit.db import create_engine_from_settings
@@ -23,7 +27,7 @@ from services.rbac.api import PermissionApi, RoleApi, RoleBindingApi, TeamMember
 from services.rbac.checker import RbacChecker
 from services.rbac.decisions import Decisions
 from services.rbac.settings import RbacSettings
-from services.rbac.store import RbacStore
+from services.rbac.store import RbacStore, audit_outbox
 
 SERVICE_NAME = "rbac"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -48,11 +52,27 @@ class RbacDomain:
     administration: Administration
 
 
-def build_domain(settings: RbacSettings, engine: AsyncEngine, clock: Clock) -> RbacDomain:
-    """The domain objects over one engine."""
-    store = RbacStore(engine)
+def _nothing() -> None:
+    return None
+
+
+def build_domain(
+    settings: RbacSettings,
+    engine: AsyncEngine,
+    clock: Clock,
+    *,
+    audit_recorded: Callable[[], None] = _nothing,
+) -> RbacDomain:
+    """The domain objects over one engine; `audit_recorded` runs after commits that recorded events."""
+    store = RbacStore(engine, audit_recorded)
     decisions = Decisions(store, poll_seconds=settings.rbac_revision_poll_seconds)
-    return RbacDomain(settings, engine, store, decisions, Administration(store, decisions, clock))
+    return RbacDomain(
+        settings,
+        engine,
+        store,
+        decisions,
+        Administration(store, decisions, clock, mesh_service_accounts=settings.mesh_service_account_ids),
+    )
 
 
 @dataclass
@@ -62,6 +82,7 @@ class RbacService:
     domain: RbacDomain
     server: KeelServer
     jwks: JwksCache
+    outbox: AuditOutbox
 
     @property
     def port(self) -> int:
@@ -71,11 +92,14 @@ class RbacService:
     async def start(self) -> int:
         """Migrates and starts serving; the bound port."""
         await migrate(self.domain.engine, self.domain.settings)
-        return await self.server.start()
+        port = await self.server.start()
+        self.outbox.start()
+        return port
 
     async def stop(self) -> None:
-        """Stops serving (with the configured drain) and disposes of the engine."""
+        """Stops serving (with the configured drain), the audit shipper, and disposes of the engine."""
         await self.server.stop()
+        await self.outbox.stop()
         await self.domain.decisions.settle()
         await self.domain.engine.dispose()
 
@@ -90,7 +114,8 @@ def build_service(
     """A complete RBAC service, not yet started; `jwks` defaults to authn's over gRPC."""
     clock = clock or SystemClock()
     engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
-    domain = build_domain(settings, engine, clock)
+    outbox = AuditOutbox.from_settings(engine, audit_outbox, settings, clock, SERVICE_NAME)
+    domain = build_domain(settings, engine, clock, audit_recorded=outbox.notify)
     if jwks is None:
         jwks = JwksCache(jwks_from_authn(connect(settings.authn_address)))
     verifier = TokenVerifier(jwks, issuer=settings.token_issuer, audience=settings.token_audience)
@@ -121,7 +146,8 @@ def build_service(
         settings,
         registrations,
         verifier,
-        RbacChecker(domain.decisions),
+        RbacChecker(domain.decisions, settings.mesh_service_account_ids),
         max_message_bytes=MAX_REQUEST_BYTES,
+        denial_recorder=outbox.denial_recorder,
     )
-    return RbacService(domain, server, jwks)
+    return RbacService(domain, server, jwks, outbox)

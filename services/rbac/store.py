@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.kit import audit as kit_audit
 from services.kit import idempotency as kit_idempotency
 from services.kit.db import UtcDateTime
 from services.kit.filtering import FilterField, parse_filter
@@ -118,6 +119,9 @@ team_members = Table(
 )
 
 idempotency = kit_idempotency.idempotency_table(metadata, "rbac_request_ids")
+
+# Audit events, written in the transaction of the change they describe (kit transactional outbox).
+audit_outbox = kit_audit.audit_outbox_table(metadata, "rbac_audit_outbox")
 
 _SUBJECT_KINDS = {"USER": "user", "TEAM": "team", "SERVICE_ACCOUNT": "service_account"}
 _LEVELS = {
@@ -220,20 +224,32 @@ def _binding(row: Row[Any]) -> BindingRecord:
     return BindingRecord(**row._asdict())
 
 
-class RbacStore:
-    """Opens transactions on the RBAC database."""
+def _nothing() -> None:
+    return None
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+class RbacStore:
+    """Opens transactions on the RBAC database.
+
+    `audit_recorded` is called after a transaction that recorded audit events
+    has committed (the server wires it to the outbox shipper's notify()).
+    """
+
+    def __init__(self, engine: AsyncEngine, audit_recorded: Callable[[], None] = _nothing) -> None:
         self.engine = engine
+        self.audit_recorded = audit_recorded
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[RbacTx]:
         """One transaction: committed when the block ends, rolled back on an exception."""
         try:
             async with self.engine.begin() as conn:
-                yield RbacTx(conn)
+                tx = RbacTx(conn)
+                yield tx
         except IntegrityError:
             raise Conflict("unique constraint violated") from None
+        if tx.events_recorded:
+            self.audit_recorded()
 
     async def revisions(self, organization_id: str) -> tuple[int, int]:
         """(global revision, the organization's revision) in one statement."""
@@ -294,6 +310,12 @@ class RbacTx:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        self.events_recorded = 0
+
+    async def record_event(self, event: kit_audit.AuditEvent) -> None:
+        """Adds an audit event to the outbox; it exists iff this transaction commits."""
+        await kit_audit.record(self.conn, audit_outbox, event)
+        self.events_recorded += 1
 
     # revision -----------------------------------------------------------------------------------------
 
@@ -603,6 +625,24 @@ class RbacTx:
             delete(team_members).where(c.organization_id == organization_id, condition)
         )
         return int(result.rowcount)
+
+    # organizations ------------------------------------------------------------------------------------
+
+    async def purge_organization(self, organization_id: str) -> tuple[int, int, int]:
+        """Deletes every binding, custom role and team membership of the organization.
+
+        Returns (bindings, roles, memberships) deleted. Bindings go first: none may outlive its role.
+        """
+        bindings = await self.conn.execute(
+            delete(role_bindings).where(role_bindings.c.organization_id == organization_id)
+        )
+        custom_roles = await self.conn.execute(
+            delete(roles).where(roles.c.organization_id == organization_id)
+        )
+        memberships = await self.conn.execute(
+            delete(team_members).where(team_members.c.organization_id == organization_id)
+        )
+        return int(bindings.rowcount), int(custom_roles.rowcount), int(memberships.rowcount)
 
     # idempotency --------------------------------------------------------------------------------------
 

@@ -74,7 +74,8 @@ def test_bootstrap_service_account_writes_a_private_key_once(tmp_path: Path) -> 
     assert second.returncode == 0, second.stderr
 
     account_id = first.stdout.strip()
-    assert account_id and "\n" not in account_id
+    assert account_id
+    assert "\n" not in account_id
     assert second.stdout.strip() == account_id
     assert key.startswith("keel_ak_")
     assert key_file.read_text().strip() == key  # kept, not replaced
