@@ -1,0 +1,1 @@
+"""The orgs service: organizations, members, invitations, teams, workspaces, and the audit log."""
