@@ -1,8 +1,9 @@
 """`python -m services.mesh` (`make run`): the whole Keel mesh on localhost, on the embedded default.
 
-Starts every service that exists as its own process, waits until each reports
-SERVING, bootstraps the first admin, prints the addresses, and on Ctrl-C or
-SIGTERM stops every child before exiting 0.
+Creates the control plane's own service accounts, starts every service that
+exists as its own process, waits until each reports SERVING, bootstraps the
+first admin with a default organization and workspace (services/mesh/bootstrap.py),
+prints the addresses, and on Ctrl-C or SIGTERM stops every child before exiting 0.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from services.mesh.bootstrap import (
+    create_default_organization,
+    default_organization,
+    ensure_service_accounts,
+    service_account_environment,
+)
 from services.mesh.catalog import IDENTITY_SERVICE, SERVICES, ServiceSpec, runnable_services
 from services.mesh.master_key import ensure_master_key
 from services.mesh.supervisor import (
@@ -145,8 +152,11 @@ def secrets_for(spec: ServiceSpec, data_dir: pathlib.Path) -> dict[str, str]:
     return {"KEEL_AUTHN_MASTER_KEY": key}
 
 
-def bootstrap_admin(child: Child, env: Mapping[str, str], email: str, timeout: float) -> None:
-    """Runs `python -m services.authn bootstrap-admin` and relays its stdout (the one-time password)."""
+PASSWORD_PREFIX = "admin password: "
+
+
+def bootstrap_admin(child: Child, env: Mapping[str, str], email: str, timeout: float) -> str | None:
+    """Runs `python -m services.authn bootstrap-admin`, relays its stdout; the password when just created."""
     command = [sys.executable, "-m", child.spec.module_name, "bootstrap-admin", "--email", email]
     try:
         result = subprocess.run(  # noqa: S603 - this interpreter, fixed arguments
@@ -164,6 +174,8 @@ def bootstrap_admin(child: Child, env: Mapping[str, str], email: str, timeout: f
             f"bootstrap-admin failed with code {result.returncode}; last lines of {child.log_path}:\n"
             f"{log_tail(child.log_path)}"
         )
+    line = result.stdout.strip()
+    return line.removeprefix(PASSWORD_PREFIX) if line.startswith(PASSWORD_PREFIX) else None
 
 
 def ready_document(children: Sequence[Child], data_dir: pathlib.Path) -> dict[str, Any]:
@@ -181,6 +193,7 @@ def ready_document(children: Sequence[Child], data_dir: pathlib.Path) -> dict[st
         "logs_dir": str(data_dir / "logs"),
         "services": services,
         "gateway": gateway,
+        "default_organization": default_organization(data_dir),
     }
 
 
@@ -230,10 +243,19 @@ def run(options: Options) -> int:
     status = 0
     try:
         check_ports_free(addresses)
-        for spec in specs:
-            envs[spec.name] = child_environment(
-                os.environ, spec, addresses, data_dir, secrets_for(spec, data_dir)
+        account_ids: dict[str, str] = {}
+        identity_spec = next((spec for spec in specs if spec.name == IDENTITY_SERVICE), None)
+        if identity_spec is not None:
+            authn_env = child_environment(
+                os.environ, identity_spec, addresses, data_dir, secrets_for(identity_spec, data_dir)
             )
+            account_ids = ensure_service_accounts(
+                identity_spec.module_name, list(addresses), authn_env, data_dir, options.startup_timeout
+            )
+        for spec in specs:
+            secrets = secrets_for(spec, data_dir)
+            secrets |= service_account_environment(spec.name, account_ids, data_dir)
+            envs[spec.name] = child_environment(os.environ, spec, addresses, data_dir, secrets)
             children.append(start_child(spec, addresses[spec.name], envs[spec.name], data_dir / "logs"))
         print(f"mesh: started {', '.join(c.spec.name for c in children)}; waiting for SERVING", flush=True)
         deadline = time.monotonic() + options.startup_timeout
@@ -241,7 +263,16 @@ def run(options: Options) -> int:
             wait_until_ready(child, deadline)
         identity = next((c for c in children if c.spec.name == IDENTITY_SERVICE), None)
         if identity is not None:
-            bootstrap_admin(identity, envs[identity.spec.name], options.admin_email, options.startup_timeout)
+            password = bootstrap_admin(
+                identity, envs[identity.spec.name], options.admin_email, options.startup_timeout
+            )
+            if password is not None and "orgs" in addresses and default_organization(data_dir) is None:
+                print(
+                    create_default_organization(
+                        addresses, options.admin_email, password, data_dir, options.startup_timeout
+                    ),
+                    flush=True,
+                )
         document = ready_document(children, data_dir)
         if options.ready_file is not None:
             write_ready_file(options.ready_file, document)

@@ -24,6 +24,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from keel.authn.v1 import tokens_pb2, tokens_pb2_grpc
+from keel.orgs.v1 import organizations_pb2, organizations_pb2_grpc, workspaces_pb2, workspaces_pb2_grpc
 from services.mesh.catalog import SERVICES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -187,10 +189,54 @@ def test_admin_password_is_printed_once_per_data_dir(start_mesh: StartMesh, tmp_
     assert stop(first) == 0, first.text()
     printed = password_lines(first.text())
     assert len(printed) == 1, first.text()
-    assert len(printed[0].removeprefix(PASSWORD_PREFIX).strip()) >= 12
+    password = printed[0].removeprefix(PASSWORD_PREFIX).strip()
+    assert len(password) >= 12
     assert (data_dir / "master.key").stat().st_mode & 0o777 == 0o600
+    keys = sorted(path.name for path in (data_dir / "keys").iterdir())
+    assert keys == ["authn.key", "orgs.key", "rbac.key", "workspace-default.key"]
+    assert all((data_dir / "keys" / name).stat().st_mode & 0o777 == 0o600 for name in keys)
+    defaults = json.loads((data_dir / "default-organization.json").read_text())
 
     second = start_mesh(data_dir)
-    wait_for_ready_file(second)
-    assert stop(second) == 0, second.text()
+    ready = wait_for_ready_file(second)
+    try:
+        organization = admin_view_of_default_organization(ready, password, defaults)
+    finally:
+        assert stop(second) == 0, second.text()
     assert password_lines(second.text()) == [], second.text()
+    assert ready["default_organization"] == defaults
+    # The admin is the default organization's Admin and its workspace exists (no second one was made).
+    assert organization == ("Default", ["default"], "organization_admin")
+
+
+def admin_view_of_default_organization(
+    ready: dict[str, Any], password: str, defaults: dict[str, str]
+) -> tuple[str, list[str], str]:
+    """(organization name, workspace names, the admin's member role) as the admin sees them."""
+    services = ready["services"]
+    with grpc.insecure_channel(services["authn"]["address"]) as authn:
+        login = tokens_pb2_grpc.TokenServiceStub(authn).CreateToken(
+            tokens_pb2.CreateTokenRequest(
+                password=tokens_pb2.PasswordGrant(email="admin@keel.local", password=password)
+            ),
+            timeout=10,
+        )
+    metadata = (("authorization", f"Bearer {login.access_token}"),)
+    organization_id = defaults["organization_id"]
+    with grpc.insecure_channel(services["orgs"]["address"]) as orgs:
+        organization = organizations_pb2_grpc.OrganizationServiceStub(orgs).GetOrganization(
+            organizations_pb2.GetOrganizationRequest(organization_id=organization_id),
+            metadata=metadata,
+            timeout=10,
+        )
+        workspaces = workspaces_pb2_grpc.WorkspaceServiceStub(orgs).ListWorkspaces(
+            workspaces_pb2.ListWorkspacesRequest(organization_id=organization_id),
+            metadata=metadata,
+            timeout=10,
+        )
+        member = organizations_pb2_grpc.MemberServiceStub(orgs).GetMember(
+            organizations_pb2.GetMemberRequest(organization_id=organization_id, user_id="me"),
+            metadata=metadata,
+            timeout=10,
+        )
+    return organization.display_name, [w.display_name for w in workspaces.workspaces], member.role_id
