@@ -9,8 +9,6 @@ shipped to orgs when authn has its own credential (KEEL_SERVICE_API_KEY_FILE).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +48,7 @@ from services.kit.clock import Clock, SystemClock
 from services.kit.context import Principal
 from services.kit.db import create_engine_from_settings
 from services.kit.migrations import upgrade_to_head
+from services.kit.periodic import PeriodicTask
 from services.kit.server import KeelServer, Registration
 from services.kit.tokens import JwksCache, TokenVerifier
 
@@ -201,8 +200,14 @@ class AuthnService:
     jwks: JwksCache
     verifier: TokenVerifier
     outbox: AuditOutbox
-    _maintenance: asyncio.Task[None] | None = field(default=None, init=False)
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    maintenance: PeriodicTask = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.maintenance = PeriodicTask(
+            "authn-signing-key-maintenance",
+            self.maintain_keys_once,
+            self.domain.settings.authn_signing_key_check_seconds,
+        )
 
     @property
     def port(self) -> int:
@@ -215,7 +220,7 @@ class AuthnService:
         await self.domain.signing_keys.ensure_current()
         await self.jwks.refresh()
         port = await self.server.start()
-        self._maintenance = asyncio.create_task(self._maintain_keys(), name="authn-signing-key-maintenance")
+        self.maintenance.start()
         self.outbox.start()
         return port
 
@@ -232,25 +237,10 @@ class AuthnService:
             logger.info("signing keys maintained", extra={"rotated": rotated, "expired": expired})
             await self.jwks.refresh()
 
-    async def _maintain_keys(self) -> None:
-        interval = self.domain.settings.authn_signing_key_check_seconds
-        while not self._stopping.is_set():
-            try:
-                await self.maintain_keys_once()
-            except Exception:
-                # A database hiccup must not end the task: the next round retries.
-                logger.exception("signing key maintenance failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
-
     async def stop(self) -> None:
         """Stops serving (with the configured drain), the task, the OIDC client and the engine."""
-        self._stopping.set()
+        await self.maintenance.stop()
         await self.server.stop()
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
         await self.outbox.stop()
         if self.domain.oidc_client is not None:
             await self.domain.oidc_client.aclose()

@@ -430,7 +430,9 @@ class OutboxShipper:
     One per service process. `run()` ships until the outbox is empty, then waits
     for `notify()` (called after a commit that recorded events) or for
     `idle_interval`, which also catches events committed by other replicas and
-    retries after a failing sink. Tests call `ship_once()` directly.
+    retries after a failing sink. Sent rows are kept for `retention` (a window
+    to investigate a delivery) and then purged, at most once per `purge_interval`.
+    Tests call `ship_once()` and `purge_if_due()` directly.
     """
 
     def __init__(
@@ -442,9 +444,14 @@ class OutboxShipper:
         *,
         batch_size: int = 100,
         idle_interval: float = 5.0,
+        retention: dt.timedelta = dt.timedelta(days=7),
+        purge_interval: dt.timedelta = dt.timedelta(hours=1),
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        self._retention = retention
+        self._purge_interval = purge_interval
+        self._last_purge: dt.datetime | None = None
         self._engine = engine
         self._table = table
         self._sink = sink
@@ -472,12 +479,23 @@ class OutboxShipper:
             await mark_sent(conn, self._table, [event.id for event in events], self._clock.now())
         return len(events)
 
+    async def purge_if_due(self) -> int:
+        """Deletes rows sent more than `retention` ago, when the last purge is `purge_interval` old."""
+        now = self._clock.now()
+        if self._last_purge is not None and now - self._last_purge < self._purge_interval:
+            return 0
+        async with self._engine.begin() as conn:
+            purged = await purge_sent(conn, self._table, now - self._retention)
+        self._last_purge = now
+        return purged
+
     async def run(self) -> None:
         """Ships until `stop()`; a failing sink or database is logged and retried after the interval."""
         while not self._stopping:
             self._wake.clear()
             try:
                 shipped = await self.ship_once()
+                await self.purge_if_due()
             except Exception:  # CancelledError is not an Exception: cancelling still stops the loop
                 logger.exception("audit outbox delivery failed; retrying in %ss", self._idle_interval)
                 shipped = 0

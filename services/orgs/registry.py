@@ -12,8 +12,6 @@ register); DELETING is terminal and its row is purged after the retention.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -164,7 +162,11 @@ class RegistrySweeper:
         self._retention = deleted_retention
         self._audit_recorded = audit_recorded
         self._batch_size = batch_size
-        self._stopping = asyncio.Event()
+
+    @property
+    def interval_seconds(self) -> float:
+        """How often the sweeper should run: every heartbeat interval."""
+        return self._interval.total_seconds()
 
     async def sweep_once(self) -> int:
         """One pass: degrade silent workspaces, purge expired DELETING ones; how many rows changed."""
@@ -190,20 +192,6 @@ class RegistrySweeper:
             if len(purged) < self._batch_size:
                 break
         return changed
-
-    async def run(self) -> None:
-        """Sweeps every heartbeat interval until `stop()`; a failed pass is logged and retried."""
-        while not self._stopping.is_set():
-            try:
-                await self.sweep_once()
-            except Exception:
-                logger.exception("workspace registry sweep failed; retrying next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._interval.total_seconds())
-
-    def stop(self) -> None:
-        """Ends `run()` after the pass in progress."""
-        self._stopping.set()
 
 
 async def _audit_server(

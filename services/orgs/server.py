@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ from services.kit.clients import connect
 from services.kit.clock import Clock, SystemClock
 from services.kit.db import create_engine_from_settings
 from services.kit.migrations import upgrade_to_head
+from services.kit.periodic import PeriodicTask
 from services.kit.rbac_client import RbacPermissionChecker
 from services.kit.server import KeelServer, Registration
 from services.kit.service_identity import ServiceCredential
@@ -46,6 +48,7 @@ from services.orgs.workspace_service import WorkspaceParts, build_workspace_part
 SERVICE_NAME = "orgs"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "orgs_alembic_version"
+HOUSEKEEPING_SECONDS = 3600.0
 
 
 async def migrate(engine: AsyncEngine, settings: OrgsSettings) -> None:
@@ -149,6 +152,18 @@ class OrgsService:
     domain: OrgsDomain
     server: KeelServer
     jwks: JwksCache
+    housekeeping: PeriodicTask = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.housekeeping = PeriodicTask(
+            "orgs-housekeeping", self.forget_old_request_ids, HOUSEKEEPING_SECONDS
+        )
+
+    async def forget_old_request_ids(self) -> int:
+        """Deletes remembered request ids past their retention (the housekeeping task's step)."""
+        retention = timedelta(seconds=self.domain.settings.orgs_request_id_retention_seconds)
+        async with self.domain.deps.store.transaction() as tx:
+            return await tx.purge_request_ids(self.domain.deps.clock.now() - retention)
 
     @property
     def port(self) -> int:
@@ -159,13 +174,15 @@ class OrgsService:
         """Migrates and starts serving, the registry sweeper and the audit shipper; the bound port."""
         await migrate(self.domain.engine, self.domain.settings)
         port = await self.server.start()
-        self.domain.workspace.start_sweeping()
+        self.domain.workspace.sweeping.start()
+        self.housekeeping.start()
         self.domain.outbox.start()
         return port
 
     async def stop(self) -> None:
         """Stops serving (with the configured drain), closes channels and disposes of the engine."""
-        await self.domain.workspace.stop_sweeping()
+        await self.domain.workspace.sweeping.stop()
+        await self.housekeeping.stop()
         await self.server.stop()
         await self.domain.outbox.stop()
         if self.domain.credential is not None:

@@ -1,12 +1,11 @@
 """Wiring of the workspace part of orgs: domain objects, servicers and the registry sweeper's task.
 
 `server.py` builds one `WorkspaceParts`, adds its registrations to the
-KeelServer, and starts/stops the sweeper with the service.
+KeelServer, and starts/stops `sweeping` (a kit PeriodicTask) with the service.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,6 +15,7 @@ import grpc
 from keel.orgs.v1 import workspaces_pb2_grpc
 from keel.rbac.v1 import rbac_pb2_grpc
 from services.kit.clock import Clock
+from services.kit.periodic import PeriodicTask
 from services.kit.rbac_client import RbacPermissionChecker
 from services.kit.server import Registration
 from services.orgs.api_workspaces import RbacWorkspaceOwnership, WorkspaceApi, WorkspaceRegistryApi
@@ -36,7 +36,13 @@ class WorkspaceParts:
     workspaces: Workspaces
     registry: Registry
     sweeper: RegistrySweeper
-    _sweeping: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Every replica may sweep: its transitions are race-safe.
+    sweeping: PeriodicTask = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sweeping = PeriodicTask(
+            "workspace-registry-sweeper", self.sweeper.sweep_once, self.sweeper.interval_seconds
+        )
 
     def registrations(self) -> list[Registration]:
         """WorkspaceService and WorkspaceRegistryService."""
@@ -52,18 +58,6 @@ class WorkspaceParts:
                 WorkspaceRegistryApi(self.registry),
             ),
         ]
-
-    def start_sweeping(self) -> None:
-        """Runs the sweeper in the background (every replica may: its transitions are race-safe)."""
-        if self._sweeping is None:
-            self._sweeping = asyncio.create_task(self.sweeper.run(), name="workspace-registry-sweeper")
-
-    async def stop_sweeping(self) -> None:
-        """Stops the background sweeper after its pass in progress."""
-        if self._sweeping is not None:
-            self.sweeper.stop()
-            await self._sweeping
-            self._sweeping = None
 
 
 def build_workspace_parts(

@@ -9,7 +9,8 @@ orgs when RBAC has its own credential (KEEL_SERVICE_API_KEY_FILE).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +21,7 @@ from services.kit.clients import connect
 from services.kit.clock import Clock, SystemClock
 from services.kit.db import create_engine_from_settings
 from services.kit.migrations import upgrade_to_head
+from services.kit.periodic import PeriodicTask
 from services.kit.server import KeelServer, Registration
 from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
 from services.rbac.administration import Administration
@@ -32,6 +34,9 @@ from services.rbac.store import RbacStore, audit_outbox
 SERVICE_NAME = "rbac"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "rbac_alembic_version"
+# AIP-155 asks for at least an hour; a day covers retries across a client's restart.
+REQUEST_ID_RETENTION = timedelta(days=1)
+HOUSEKEEPING_SECONDS = 3600.0
 # A BatchCheck of 100 items or a role with every permission stays far below this.
 MAX_REQUEST_BYTES = 256 * 1024
 
@@ -50,6 +55,7 @@ class RbacDomain:
     store: RbacStore
     decisions: Decisions
     administration: Administration
+    clock: Clock
 
 
 def _nothing() -> None:
@@ -72,6 +78,7 @@ def build_domain(
         store,
         decisions,
         Administration(store, decisions, clock, mesh_service_accounts=settings.mesh_service_account_ids),
+        clock,
     )
 
 
@@ -83,21 +90,34 @@ class RbacService:
     server: KeelServer
     jwks: JwksCache
     outbox: AuditOutbox
+    housekeeping: PeriodicTask = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.housekeeping = PeriodicTask(
+            "rbac-housekeeping", self.forget_old_request_ids, HOUSEKEEPING_SECONDS
+        )
 
     @property
     def port(self) -> int:
         """The bound port (after start)."""
         return self.server.port
 
+    async def forget_old_request_ids(self) -> int:
+        """Deletes remembered request ids past their retention (the housekeeping task's step)."""
+        async with self.domain.store.transaction() as tx:
+            return await tx.purge_request_ids(self.domain.clock.now() - REQUEST_ID_RETENTION)
+
     async def start(self) -> int:
         """Migrates and starts serving; the bound port."""
         await migrate(self.domain.engine, self.domain.settings)
         port = await self.server.start()
         self.outbox.start()
+        self.housekeeping.start()
         return port
 
     async def stop(self) -> None:
         """Stops serving (with the configured drain), the audit shipper, and disposes of the engine."""
+        await self.housekeeping.stop()
         await self.server.stop()
         await self.outbox.stop()
         await self.domain.decisions.settle()

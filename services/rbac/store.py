@@ -653,6 +653,10 @@ class RbacTx:
         )
         return None if payload is None else payload.decode()
 
+    async def purge_request_ids(self, older_than: datetime) -> int:
+        """Forgets request ids remembered before `older_than`; how many."""
+        return await kit_idempotency.purge_older_than(self.conn, idempotency, older_than)
+
     async def remember(
         self, method: str, principal: str, request_id: str, resource_id: str, now: datetime
     ) -> None:

@@ -135,6 +135,35 @@ async def test_committed_event_ships_once_with_every_field_intact(
     assert await unsent_count(store) == 0
 
 
+async def test_sent_rows_are_purged_after_the_retention_and_unsent_ones_never(
+    store: AsyncEngine, clock: ManualClock
+) -> None:
+    sink = Sink()
+    async with store.begin() as conn:
+        await record(conn, audit_outbox, make_event(resource_id="shipped"))
+    shipper = OutboxShipper(
+        store, audit_outbox, sink, clock, retention=dt.timedelta(days=7), purge_interval=dt.timedelta(hours=1)
+    )
+    await shipper.ship_once()
+    sink.failing = True
+    async with store.begin() as conn:
+        await record(conn, audit_outbox, make_event(resource_id="stuck"))
+
+    first = await shipper.purge_if_due()  # nothing is 7 days old yet
+    clock.advance(days=7, seconds=1)
+    due = await shipper.purge_if_due()  # the shipped row is now past the retention
+    clock.advance(minutes=30)
+    async with store.begin() as conn:
+        await record(conn, audit_outbox, make_event(resource_id="later"))
+    not_due = await shipper.purge_if_due()
+
+    async with store.connect() as conn:
+        payloads = (await conn.execute(select(audit_outbox.c.payload).order_by(audit_outbox.c.seq))).scalars()
+        remaining = [json.loads(payload)["resource_id"] for payload in payloads]
+    assert (first, due, not_due) == (0, 1, 0)
+    assert remaining == ["stuck", "later"]
+
+
 async def test_failing_sink_marks_nothing_and_the_batch_is_retried(
     store: AsyncEngine, clock: ManualClock
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
 
@@ -241,23 +240,3 @@ async def test_sweeper_degrades_more_than_one_batch_per_pass(orgs_store: OrgsSto
         await registry.register(credential, "h:1", "1.0")
     clock.advance(minutes=1)
     assert await _sweeper(orgs_store, clock, batch_size=2).sweep_once() == 5
-
-
-async def test_sweeper_run_stops_when_asked(orgs_store: OrgsStore) -> None:
-    clock = ManualClock()
-    registry = Registry(orgs_store, clock, heartbeat_interval=INTERVAL)
-    workspace_id, credential = await _new_workspace(orgs_store, clock)
-    await registry.register(credential, "h:1", "1.0")
-    clock.advance(hours=4)  # past 3 missed hour-long intervals
-    swept = asyncio.Event()
-    sweeper = RegistrySweeper(
-        orgs_store, clock, heartbeat_interval=timedelta(hours=1), missed_heartbeats=3,
-        deleted_retention=timedelta(days=7), audit_recorded=swept.set,
-    )  # fmt: skip
-    running = asyncio.create_task(sweeper.run())
-    # The first pass runs at once; then run() waits for the hour-long interval or stop().
-    async with asyncio.timeout(10):
-        await swept.wait()
-        sweeper.stop()
-        await running
-    assert await _state(orgs_store, workspace_id) == ws.DEGRADED
