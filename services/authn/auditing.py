@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from services.kit.audit import SYSTEM, Actor, AuditEvent, Outcome, event_for_request, redact_credentials
-from services.kit.context import current_request_id
+from services.kit.audit import Actor, AuditEvent, Outcome, service_event
 
 
 def authn_event(
@@ -31,15 +30,13 @@ def authn_event(
 
     Caller-supplied text (e-mails, names) that looks like a credential is redacted, never refused.
     """
-    if actor is None and not current_request_id():
-        actor = SYSTEM
-    return event_for_request(
+    return service_event(
         action=action,
         resource_type=resource_type,
-        resource_id=redact_credentials(resource_id),
-        organization_id=redact_credentials(organization_id),
+        resource_id=resource_id,
+        organization_id=organization_id,
         occur_time=occur_time,
         outcome=outcome,
-        details=redact_credentials(details or {}),
+        details=details,
         actor=actor,
     )

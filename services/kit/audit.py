@@ -215,6 +215,38 @@ def event_for_request(
     )
 
 
+def service_event(
+    *,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    organization_id: str,
+    occur_time: dt.datetime,
+    outcome: Outcome = "SUCCESS",
+    details: Mapping[str, Any] | None = None,
+    actor: Actor | None = None,
+) -> AuditEvent:
+    """`event_for_request` for a service's own writes: SYSTEM outside a request, redaction within.
+
+    Outside a request (start-up, a background task, the command line) the actor is
+    SYSTEM unless given. Ids, names and details come from callers, so any that look
+    like credentials are redacted rather than refused: a caller cannot make a
+    change unauditable by choosing a credential-shaped name.
+    """
+    if actor is None and not current_request_id():
+        actor = SYSTEM
+    return event_for_request(
+        action=action,
+        resource_type=resource_type,
+        resource_id=redact_credentials(resource_id),
+        organization_id=redact_credentials(organization_id),
+        occur_time=occur_time,
+        outcome=outcome,
+        details=redact_credentials(details or {}),
+        actor=actor,
+    )
+
+
 def _check_field(name: str, value: str) -> None:
     if len(value) > _MAX_FIELD:
         raise ValueError(f"{name} is longer than {_MAX_FIELD} characters")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.kit.audit import AuditEvent, event_for_request
+from services.kit.audit import AuditEvent, service_event
 from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, NotFound
 from services.orgs.authn_calls import AuthnCalls
@@ -42,7 +42,7 @@ def audit_event(
     details: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """An orgs audit event for the request being served."""
-    return event_for_request(
+    return service_event(
         action=action,
         resource_type=resource_type,
         resource_id=resource_id,

@@ -16,9 +16,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from services.kit.audit import SYSTEM, AuditEvent, Outcome, event_for_request, redact_credentials
+from services.kit.audit import AuditEvent, Outcome, service_event
 from services.kit.clock import Clock
-from services.kit.context import current_request_id
 from services.kit.errors import (
     Aborted,
     AlreadyExists,
@@ -131,15 +130,14 @@ def rbac_event(
 
     Ids and names come from callers, so credential-shaped ones are redacted rather than refused.
     """
-    return event_for_request(
+    return service_event(
         action=action,
         resource_type=resource_type,
-        resource_id=redact_credentials(resource_id),
-        organization_id=redact_credentials(organization_id),
+        resource_id=resource_id,
+        organization_id=organization_id,
         occur_time=occur_time,
         outcome=outcome,
-        details=redact_credentials(details or {}),
-        actor=None if current_request_id() else SYSTEM,
+        details=details,
     )
 
 

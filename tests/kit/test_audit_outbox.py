@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.kit.audit import (
     ANONYMOUS,
     REDACTED,
+    SYSTEM,
     Actor,
     AuditEvent,
     AuditOutbox,
@@ -27,6 +28,7 @@ from services.kit.audit import (
     purge_sent,
     record,
     redact_credentials,
+    service_event,
 )
 from services.kit.context import Principal, peer_var, principal_var, request_id_var
 from services.kit.interceptors import Denial
@@ -590,3 +592,31 @@ async def test_audit_outbox_with_a_sink_ships_after_notify_and_stops(
 
     assert delivered == [event]
     assert closed == [True]
+
+
+def test_service_event_is_systems_outside_a_request_and_redacts_caller_text() -> None:
+    leaked = "keel_ak_0123abcd_" + "b" * 43
+    outside = service_event(
+        action="widgets.create",
+        resource_type="widget",
+        resource_id=f"named {leaked}",
+        organization_id="org-1",
+        occur_time=START,
+        details={"display_name": leaked},
+    )
+    request_token = request_id_var.set("req-7")
+    principal_token = principal_var.set(Principal("user-1", "user"))
+    try:
+        inside = service_event(
+            action="widgets.create", resource_type="widget", resource_id="w-1", organization_id="org-1",
+            occur_time=START,
+        )  # fmt: skip
+    finally:
+        principal_var.reset(principal_token)
+        request_id_var.reset(request_token)
+
+    assert outside.actor == SYSTEM
+    assert leaked not in outside.resource_id
+    assert REDACTED in outside.resource_id
+    assert outside.details == {"display_name": REDACTED}
+    assert (inside.actor, inside.request_id) == (Actor("user-1", "user"), "req-7")
