@@ -564,14 +564,17 @@ class RbacTx:
     async def delete_resource_bindings(
         self, organization_id: str, resource_type: str, resource_id: str
     ) -> int:
-        """Deletes every binding on one resource; how many."""
+        """Deletes every binding on one resource, and inside it when it is a scope; how many.
+
+        A deleted workspace or project takes the bindings scoped to it (and to what it
+        contained) along: they could never apply again.
+        """
         c = role_bindings.c
+        on_resource = (c.resource_type == resource_type) & (c.resource_id == resource_id)
+        inside = {"workspace": c.workspace_id, "project": c.project_id}.get(resource_type)
+        condition = on_resource if inside is None else on_resource | (inside == resource_id)
         result = await self.conn.execute(
-            delete(role_bindings).where(
-                c.organization_id == organization_id,
-                c.resource_type == resource_type,
-                c.resource_id == resource_id,
-            )
+            delete(role_bindings).where(c.organization_id == organization_id, condition)
         )
         return int(result.rowcount)
 

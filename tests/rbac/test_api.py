@@ -391,6 +391,27 @@ async def test_forget_resource_needs_delete_on_it_and_drops_its_shares(server: S
     assert not allowed
 
 
+async def test_forgetting_a_workspace_drops_the_bindings_inside_it_and_no_others(server: Server) -> None:
+    await seed_admin_and_member(server)
+    administration = server.service.domain.administration
+    await administration.create_binding(ORG, ("user", MEMBER), "workspace_editor", Ref(ORG, "ws-1"))
+    await administration.create_binding(ORG, ("user", MEMBER), "project_viewer", Ref(ORG, "ws-1", "p-1"))
+    await administration.create_binding(ORG, ("user", MEMBER), "workspace_viewer", Ref(ORG, "ws-2"))
+    workspace = rbac_pb2.ResourceRef(
+        organization_id=ORG, workspace_id="ws-1", resource_type="workspace", resource_id="ws-1"
+    )
+
+    forgotten = await server.permissions.ForgetResource(
+        rbac_pb2.ForgetResourceRequest(resource=workspace), metadata=server.token(ADMIN)
+    )
+    decisions = server.service.domain.decisions
+    in_deleted, _ = await decisions.check(("user", MEMBER), ("run", "read"), Ref(ORG, "ws-1", "p-1"))
+    in_other, _ = await decisions.check(("user", MEMBER), ("run", "read"), Ref(ORG, "ws-2", "p-9"))
+
+    assert forgotten.deleted_bindings == 2
+    assert (in_deleted, in_other) == (False, True)
+
+
 async def test_share_resource_needs_share_and_never_grants_more_than_the_sharer_holds(server: Server) -> None:
     await seed_admin_and_member(server)
     administration = server.service.domain.administration

@@ -122,7 +122,8 @@ class PermissionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ForgetResource(self, request, context):
-        """Removes every share and ownership of a deleted resource; the caller must hold delete on it.
+        """Removes every share and ownership of a deleted resource (and, for a workspace or project,
+        every binding scoped inside it); the caller must hold delete on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,9 @@ class PermissionServiceStub:
     resource and every permission the role grants on the resource's type (no escalation).
     """
     ForgetResource: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.ForgetResourceRequest, _rbac_pb2.ForgetResourceResponse]
-    """Removes every share and ownership of a deleted resource; the caller must hold delete on it."""
+    """Removes every share and ownership of a deleted resource (and, for a workspace or project,
+    every binding scoped inside it); the caller must hold delete on it.
+    """
 
 @_typing.type_check_only
 class PermissionServiceAsyncStub(PermissionServiceStub):
@@ -76,7 +78,9 @@ class PermissionServiceAsyncStub(PermissionServiceStub):
     resource and every permission the role grants on the resource's type (no escalation).
     """
     ForgetResource: _aio.UnaryUnaryMultiCallable[_rbac_pb2.ForgetResourceRequest, _rbac_pb2.ForgetResourceResponse]  # type: ignore[assignment]
-    """Removes every share and ownership of a deleted resource; the caller must hold delete on it."""
+    """Removes every share and ownership of a deleted resource (and, for a workspace or project,
+    every binding scoped inside it); the caller must hold delete on it.
+    """
 
 class PermissionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Answers permission questions. A caller may ask about itself freely; asking
@@ -139,7 +143,9 @@ class PermissionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rbac_pb2.ForgetResourceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rbac_pb2.ForgetResourceResponse, _abc.Awaitable[_rbac_pb2.ForgetResourceResponse]]:
-        """Removes every share and ownership of a deleted resource; the caller must hold delete on it."""
+        """Removes every share and ownership of a deleted resource (and, for a workspace or project,
+        every binding scoped inside it); the caller must hold delete on it.
+        """
 
 def add_PermissionServiceServicer_to_server(servicer: PermissionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
