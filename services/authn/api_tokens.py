@@ -11,13 +11,14 @@ from keel.authn.v1 import tokens_pb2_grpc
 from services.authn.api import Context, timestamp
 from services.authn.api_keys import ApiKeys, check_api_key_format
 from services.authn.oidc_login import OidcLogins
+from services.authn.revocations import Revocations
 from services.authn.signing_keys import SigningKeys
 from services.authn.throttling import source_address
 from services.authn.tokens import IssuedTokens, TokenIssuer, check_refresh_token_format
 from services.authn.users import Users, normalize_email
 from services.kit.audit import looks_like_credential
-from services.kit.context import current_peer
-from services.kit.errors import InvalidArgument, Unauthenticated
+from services.kit.context import current_peer, require_principal
+from services.kit.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.kit.tokens import TokenVerifier
 
 MAX_ORGANIZATION_ID_LENGTH = 64
@@ -47,6 +48,7 @@ class TokenApi(tokens_pb2_grpc.TokenServiceServicer):
         signing_keys: SigningKeys,
         oidc_logins: OidcLogins,
         verifier: TokenVerifier,
+        revocations: Revocations,
     ) -> None:
         self._users = users
         self._api_keys = api_keys
@@ -55,6 +57,7 @@ class TokenApi(tokens_pb2_grpc.TokenServiceServicer):
         self._oidc = oidc_logins
         # authn's own verifier: it also refuses deactivated subjects and revoked sessions.
         self._verifier = verifier
+        self._revocations = revocations
 
     async def CreateToken(self, request: pb.CreateTokenRequest, context: Context) -> pb.CreateTokenResponse:
         organization_id = request.organization_id
@@ -129,6 +132,28 @@ class TokenApi(tokens_pb2_grpc.TokenServiceServicer):
     async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> pb.GetJwksResponse:
         keys = await self._signing_keys.jwks()
         return pb.GetJwksResponse(keys=[pb.JsonWebKey(**key) for key in keys])
+
+    async def ListRevocations(
+        self, request: pb.ListRevocationsRequest, context: Context
+    ) -> pb.ListRevocationsResponse:
+        # The rule is "authenticated"; the feed is for services: a user has no business
+        # learning who was deactivated, so only service accounts read it.
+        if require_principal().kind != "service_account":
+            raise PermissionDenied("only service accounts may read the revocation feed")
+        page = await self._revocations.list(request.after_sequence, request.page_size)
+        return pb.ListRevocationsResponse(
+            revocations=[
+                pb.Revocation(
+                    sequence=record.sequence,
+                    subject_id=record.subject_id,
+                    session_id=record.session_id,
+                    revoke_time=timestamp(record.revoke_time),
+                    expire_time=timestamp(record.expire_time),
+                )
+                for record in page.revocations
+            ],
+            last_sequence=page.last_sequence,
+        )
 
 
 def _json_value(value: Any) -> Any:

@@ -36,6 +36,7 @@ from services.authn.oidc import OidcClient, OidcProviderConfig
 from services.authn.oidc_login import OidcLogins
 from services.authn.passwords import PasswordCost, Passwords
 from services.authn.permissions import PlatformAdminChecker
+from services.authn.revocations import Revocations, revocation_lifetime
 from services.authn.service_accounts import ServiceAccounts
 from services.authn.settings import AuthnSettings, master_key_bytes
 from services.authn.signing_keys import SigningKeys
@@ -50,6 +51,7 @@ from services.kit.db import create_engine_from_settings
 from services.kit.migrations import upgrade_to_head
 from services.kit.periodic import PeriodicTask
 from services.kit.server import KeelServer, Registration
+from services.kit.service_identity import ServiceCredential
 from services.kit.tokens import JwksCache, TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class AuthnDomain:
     api_keys: ApiKeys
     signing_keys: SigningKeys
     tokens: TokenIssuer
+    revocations: Revocations
     oidc_logins: OidcLogins
     oidc_client: OidcClient | None
 
@@ -132,12 +135,14 @@ def build_domain(
         ),
     )
     access_ttl = timedelta(seconds=settings.authn_access_token_ttl_seconds)
+    leeway = timedelta(seconds=settings.authn_token_leeway_seconds)
+    revocations_kept = revocation_lifetime(access_ttl, leeway)
     signing_keys = SigningKeys(
         store,
         keyring.box,
         clock,
         access_token_ttl=access_ttl,
-        leeway=timedelta(seconds=settings.authn_token_leeway_seconds),
+        leeway=leeway,
         rotation_interval=timedelta(days=settings.authn_signing_key_rotation_days),
         algorithm=settings.authn_signing_algorithm,
     )
@@ -159,8 +164,8 @@ def build_domain(
         clock=clock,
         store=store,
         keyring=keyring,
-        users=Users(store, passwords, throttle, clock),
-        service_accounts=ServiceAccounts(store, clock),
+        users=Users(store, passwords, throttle, clock, revocation_lifetime=revocations_kept),
+        service_accounts=ServiceAccounts(store, clock, revocation_lifetime=revocations_kept),
         api_keys=ApiKeys(
             store,
             keyring.hasher,
@@ -177,7 +182,9 @@ def build_domain(
             audience=settings.token_audience,
             access_ttl=access_ttl,
             refresh_ttl=timedelta(seconds=settings.authn_refresh_token_ttl_seconds),
+            revocation_lifetime=revocations_kept,
         ),
+        revocations=Revocations(store, clock, revocations_kept),
         oidc_logins=OidcLogins(
             store,
             keyring.box,
@@ -200,6 +207,8 @@ class AuthnService:
     jwks: JwksCache
     verifier: TokenVerifier
     outbox: AuditOutbox
+    # This service's own account (ships its audit outbox); None without KEEL_SERVICE_API_KEY_FILE.
+    credential: ServiceCredential | None
     maintenance: PeriodicTask = field(init=False)
 
     def __post_init__(self) -> None:
@@ -225,12 +234,14 @@ class AuthnService:
         return port
 
     async def maintain_keys_once(self) -> None:
-        """Rotates the signing key when due, unpublishes expired ones, forgets stale request ids.
+        """Rotates the signing key when due, unpublishes expired ones, forgets stale request ids and
+        revocations that no token can match any more.
 
         The step of the maintenance task; tests call it directly with a moved clock.
         """
         async with self.domain.store.transaction() as tx:
             await tx.purge_housekeeping(self.domain.clock.now() - REQUEST_ID_RETENTION)
+        await self.domain.revocations.purge_expired()
         rotated = await self.domain.signing_keys.rotate_if_due()
         expired = await self.domain.signing_keys.expire_due()
         if rotated or expired:
@@ -242,6 +253,8 @@ class AuthnService:
         await self.maintenance.stop()
         await self.server.stop()
         await self.outbox.stop()
+        if self.credential is not None:
+            await self.credential.close()
         if self.domain.oidc_client is not None:
             await self.domain.oidc_client.aclose()
         await self.domain.engine.dispose()
@@ -257,7 +270,8 @@ def build_service(
     """A complete authn service, not yet started."""
     clock = clock or SystemClock()
     engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
-    outbox = AuditOutbox.from_settings(engine, audit_outbox, settings, clock, SERVICE_NAME)
+    credential = ServiceCredential.from_settings(settings, SystemClock())
+    outbox = AuditOutbox.from_settings(engine, audit_outbox, settings, clock, SERVICE_NAME, credential)
     domain = build_domain(settings, engine, clock, http, audit_recorded=outbox.notify)
 
     jwks = JwksCache(
@@ -303,6 +317,7 @@ def build_service(
                 signing_keys=domain.signing_keys,
                 oidc_logins=domain.oidc_logins,
                 verifier=verifier,
+                revocations=domain.revocations,
             ),
         ),
         Registration(
@@ -320,4 +335,4 @@ def build_service(
         max_message_bytes=MAX_REQUEST_BYTES,
         denial_recorder=outbox.denial_recorder,
     )
-    return AuthnService(domain, server, jwks, verifier, outbox)
+    return AuthnService(domain, server, jwks, verifier, outbox, credential)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from services.authn.auditing import authn_event
@@ -43,9 +44,10 @@ def _already_exists() -> AlreadyExists:
 class ServiceAccounts:
     """The service-account rules."""
 
-    def __init__(self, store: AuthnStore, clock: Clock) -> None:
+    def __init__(self, store: AuthnStore, clock: Clock, *, revocation_lifetime: timedelta) -> None:
         self._store = store
         self._clock = clock
+        self._revocation_lifetime = revocation_lifetime
 
     async def create(
         self, display_name: str, description: str, creator_id: str, *, request_key: RequestKey | None = None
@@ -138,10 +140,13 @@ class ServiceAccounts:
             raise
 
     async def deactivate(self, account_id: str) -> ServiceAccountRecord:
-        """DEACTIVATED, with every API key revoked in the same transaction."""
+        """DEACTIVATED, with its API keys revoked and the account on the revocation feed (one transaction)."""
         now = self._clock.now()
         async with self._store.transaction() as tx:
             account = self._require(await tx.deactivate_service_account(account_id, now))
+            await tx.record_revocations(
+                subject_ids=[account_id], revoke_time=now, expire_time=now + self._revocation_lifetime
+            )
             await tx.record_event(
                 authn_event("authn.service_account.deactivate", "service_account", account_id, now)
             )

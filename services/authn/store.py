@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     ForeignKey,
@@ -189,6 +190,31 @@ oidc_logins = Table(
     Column("create_time", UtcDateTime, nullable=False),
     Column("expire_time", UtcDateTime, nullable=False, index=True),
 )
+
+# The revocation feed: subjects (deactivated) and sessions (logout, reuse, password change) whose
+# access tokens other services must refuse until `expire_time`, after which none can be valid.
+# `sequence` is assigned from `revocation_counter` (not an autoincrement): see record_revocations.
+revocations = Table(
+    "authn_revocations",
+    metadata,
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    # Exactly one of subject_id and session_id is set; the other is empty.
+    Column("subject_id", String(36), nullable=False),
+    Column("session_id", String(36), nullable=False),
+    Column("revoke_time", UtcDateTime, nullable=False),
+    # The feed reads "sequence > x AND expire_time > now" (the primary key serves a poller's
+    # recent high-water mark, this index a first poll from 0) and the purge "expire_time <= now".
+    Column("expire_time", UtcDateTime, nullable=False, index=True),
+)
+
+# One row (id 1): the last sequence handed out. Its row lock orders revocations by commit.
+revocation_counter = Table(
+    "authn_revocation_counter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_sequence", BigInteger, nullable=False),
+)
+REVOCATION_COUNTER_ID = 1
 
 idempotency = kit_idempotency.idempotency_table(metadata)
 
@@ -363,6 +389,17 @@ class OidcLoginRecord:
     nonce_sealed: bytes = dataclasses.field(repr=False)
     redirect_uri: str
     create_time: datetime
+    expire_time: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class RevocationRecord:
+    """A row of `authn_revocations`: a subject or a session whose access tokens are refused."""
+
+    sequence: int
+    subject_id: str
+    session_id: str
+    revoke_time: datetime
     expire_time: datetime
 
 
@@ -884,14 +921,18 @@ class AuthnTx:
 
     async def revoke_user_families(
         self, user_id: str, now: datetime, *, reason: str, keep_family_id: str | None = None
-    ) -> None:
-        """Ends every live family of a user, except `keep_family_id`."""
+    ) -> list[str]:
+        """Ends every live family of a user, except `keep_family_id`; the ids of those it ended."""
         conditions = [refresh_families.c.user_id == user_id, refresh_families.c.revoke_time.is_(None)]
         if keep_family_id:
             conditions.append(refresh_families.c.id != keep_family_id)
-        await self.conn.execute(
-            update(refresh_families).where(and_(*conditions)).values(revoke_time=now, revoke_reason=reason)
+        result = await self.conn.execute(
+            update(refresh_families)
+            .where(and_(*conditions))
+            .values(revoke_time=now, revoke_reason=reason)
+            .returning(refresh_families.c.id)
         )
+        return sorted(str(family_id) for family_id in result.scalars())
 
     async def is_family_live(self, family_id: str) -> bool:
         """Whether the family exists and is not revoked."""
@@ -901,6 +942,61 @@ class AuthnTx:
             )
         ).first()
         return row is not None and row.revoke_time is None
+
+    # revocation feed --------------------------------------------------------------------------------
+
+    async def record_revocations(
+        self,
+        *,
+        subject_ids: Sequence[str] = (),
+        session_ids: Sequence[str] = (),
+        revoke_time: datetime,
+        expire_time: datetime,
+    ) -> list[RevocationRecord]:
+        """Appends revoked subjects and sessions to the feed, numbered after every earlier one.
+
+        The sequence comes from the counter row, whose lock this transaction holds until it
+        ends: a concurrent revocation waits, then numbers after it. So sequences become
+        visible in commit order and a poller that moved past n can never miss a later
+        commit below n (an autoincrement gives insert order instead). Call it after the
+        change's other writes, so that no transaction waits for a row lock while holding it.
+        """
+        entries = [(subject, "") for subject in subject_ids] + [("", session) for session in session_ids]
+        if not entries:
+            return []
+        counter = revocation_counter.c
+        last = (
+            await self.conn.execute(
+                update(revocation_counter)
+                .where(counter.id == REVOCATION_COUNTER_ID)
+                .values(last_sequence=counter.last_sequence + len(entries))
+                .returning(counter.last_sequence)
+            )
+        ).scalar_one()
+        first = int(last) - len(entries) + 1
+        records = [
+            RevocationRecord(first + offset, subject, session, revoke_time, expire_time)
+            for offset, (subject, session) in enumerate(entries)
+        ]
+        await self.conn.execute(insert(revocations), [_values(record) for record in records])
+        return records
+
+    async def list_revocations(
+        self, after_sequence: int, now: datetime, limit: int
+    ) -> list[RevocationRecord]:
+        """Unexpired revocations numbered above `after_sequence`, in sequence order."""
+        statement = (
+            select(revocations)
+            .where(revocations.c.sequence > after_sequence, revocations.c.expire_time > now)
+            .order_by(revocations.c.sequence)
+            .limit(limit)
+        )
+        return await self._all(RevocationRecord, statement)
+
+    async def purge_revocations(self, now: datetime) -> int:
+        """Forgets revocations past their expiry (no token they concern can be valid); how many."""
+        result = await self.conn.execute(delete(revocations).where(revocations.c.expire_time <= now))
+        return int(result.rowcount)
 
     # signing keys -----------------------------------------------------------------------------------
 

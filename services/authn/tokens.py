@@ -8,6 +8,8 @@ it was copied: the whole family is revoked (the thief's and the owner's
 sessions both end) and the answer is REFRESH_TOKEN_REUSED. Each new refresh
 token lives `refresh_ttl` from its issue (a sliding session that ends after
 that much inactivity, or at once on logout, password change or deactivation).
+An ended session goes on the revocation feed in the transaction that ends it,
+so that services verifying its access tokens locally refuse them too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from services.authn.auditing import authn_event
 from services.authn.crypto import SecretHasher
 from services.authn.ids import new_id
 from services.authn.signing_keys import SigningKeys
-from services.authn.store import AuthnStore, RefreshTokenRecord
+from services.authn.store import AuthnStore, AuthnTx, RefreshTokenRecord
 from services.kit.audit import Actor
 from services.kit.clock import Clock
 from services.kit.errors import InvalidArgument, Unauthenticated
@@ -68,6 +70,7 @@ class TokenIssuer:
         audience: str,
         access_ttl: timedelta,
         refresh_ttl: timedelta,
+        revocation_lifetime: timedelta,
     ) -> None:
         self._store = store
         self._signing_keys = signing_keys
@@ -77,6 +80,7 @@ class TokenIssuer:
         self._audience = audience
         self._access_ttl = access_ttl
         self._refresh_ttl = refresh_ttl
+        self._revocation_lifetime = revocation_lifetime
 
     async def mint_access_token(
         self, subject: str, kind: str, organization_id: str, *, session_id: str = ""
@@ -162,7 +166,8 @@ class TokenIssuer:
                 raise Unauthenticated("invalid refresh token", reason=REASON_INVALID_REFRESH_TOKEN)
             # The conditional update makes concurrent uses of one token race to a single winner.
             if token.spent_time is not None or not await tx.spend_refresh_token(token_hash, now):
-                await tx.revoke_refresh_family(family.id, now, reason="reused")
+                if await tx.revoke_refresh_family(family.id, now, reason="reused"):
+                    await self._publish_ended_session(tx, family.id, now)
                 # The presenter is anonymous; its source address is what the log can tell.
                 await tx.record_event(
                     authn_event(
@@ -194,6 +199,7 @@ class TokenIssuer:
         async with self._store.transaction() as tx:
             found = await tx.find_refresh_token(self._hasher.digest(refresh_token, _HASH_PURPOSE))
             if found is not None and await tx.revoke_refresh_family(found[1].id, now, reason="logout"):
+                await self._publish_ended_session(tx, found[1].id, now)
                 await tx.record_event(
                     authn_event(
                         "authn.session.revoke",
@@ -203,6 +209,12 @@ class TokenIssuer:
                         details={"reason": "logout", "user_id": found[1].user_id},
                     )
                 )
+
+    async def _publish_ended_session(self, tx: AuthnTx, session_id: str, now: datetime) -> None:
+        # The session's access tokens carry it as "sid": the feed tells other services to refuse them.
+        await tx.record_revocations(
+            session_ids=[session_id], revoke_time=now, expire_time=now + self._revocation_lifetime
+        )
 
     async def is_session_live(self, session_id: str) -> bool:
         """Whether a refresh family (the "sid" of an access token) is still live."""

@@ -2,7 +2,8 @@
 
 E-mail addresses are the login names of local accounts; they are stored lower
 cased and unique. Deactivation is one transaction that also revokes every
-refresh-token family and API key of the user.
+refresh-token family and API key of the user and publishes the user on the
+revocation feed; a password change publishes the sessions it ends.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.authn.auditing import authn_event
@@ -67,12 +68,19 @@ class Users:
     """The user rules."""
 
     def __init__(
-        self, store: AuthnStore, passwords: Passwords, throttle: LoginThrottle, clock: Clock
+        self,
+        store: AuthnStore,
+        passwords: Passwords,
+        throttle: LoginThrottle,
+        clock: Clock,
+        *,
+        revocation_lifetime: timedelta,
     ) -> None:
         self._store = store
         self._passwords = passwords
         self._throttle = throttle
         self._clock = clock
+        self._revocation_lifetime = revocation_lifetime
 
     async def create(
         self,
@@ -224,17 +232,28 @@ class Users:
             updated = await tx.update_user(user_id, user.version, {"password_hash": password_hash}, now)
             if updated is None:
                 raise Aborted("the user changed meanwhile; retry", reason="CONCURRENT_UPDATE")
-            await tx.revoke_user_families(
+            ended = await tx.revoke_user_families(
                 user_id, now, reason="password_changed", keep_family_id=keep_session_id
+            )
+            # Other services verify tokens locally: the ended sessions' access tokens go on the feed.
+            await tx.record_revocations(
+                session_ids=ended, revoke_time=now, expire_time=now + self._revocation_lifetime
             )
             # Never the password, old or new: the event only says that it changed.
             await tx.record_event(authn_event("authn.user.change_password", "user", user_id, now))
 
     async def deactivate(self, user_id: str) -> UserRecord:
-        """DEACTIVATED, with every refresh family and API key revoked in the same transaction."""
+        """DEACTIVATED, with every refresh family and API key revoked in the same transaction.
+
+        The user goes on the revocation feed in that transaction too (one entry covers every
+        session: all of its tokens were issued before now).
+        """
         now = self._clock.now()
         async with self._store.transaction() as tx:
             user = await self._require(await tx.deactivate_user(user_id, now))
+            await tx.record_revocations(
+                subject_ids=[user_id], revoke_time=now, expire_time=now + self._revocation_lifetime
+            )
             await tx.record_event(authn_event("authn.user.deactivate", "user", user_id, now))
             return user
 

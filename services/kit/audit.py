@@ -641,10 +641,18 @@ class AuditOutbox:
 
     @classmethod
     def from_settings(
-        cls, engine: AsyncEngine, table: Table, settings: ServiceSettings, clock: Clock, service_name: str
+        cls,
+        engine: AsyncEngine,
+        table: Table,
+        settings: ServiceSettings,
+        clock: Clock,
+        service_name: str,
+        credential: ServiceCredential | None,
     ) -> AuditOutbox:
-        """Ships to orgs (KEEL_ORGS_ADDRESS) as the service's own account, given KEEL_SERVICE_API_KEY_FILE."""
-        credential = ServiceCredential.from_settings(settings, clock)
+        """Ships to orgs (KEEL_ORGS_ADDRESS) as the service's own account; without a credential, no shipper.
+
+        The credential stays the caller's (it serves the service's other own calls too).
+        """
         if credential is None:
             return cls(engine, table, clock, service_name=service_name)
         # Imported here: the sink module builds on this one.
@@ -654,7 +662,6 @@ class AuditOutbox:
 
         async def close() -> None:
             await channel.close(None)
-            await credential.close()
 
         sink = GrpcAuditSink(channel, credential.metadata)
         return cls(engine, table, clock, sink, service_name=service_name, close=close)

@@ -5,11 +5,13 @@ tokens against authn's JWKS, calls RBAC to write bindings and team
 memberships (the caller's token, or its own mesh service account's), and
 authn to read the caller's e-mail. Its own audit events (mutations and
 denials) go through its outbox like every service's, shipped in process to
-the audit log it owns.
+the audit log it owns. With its own credential it follows authn's revocation
+feed and refuses revoked tokens.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,6 +28,7 @@ from services.kit.db import create_engine_from_settings
 from services.kit.migrations import upgrade_to_head
 from services.kit.periodic import PeriodicTask
 from services.kit.rbac_client import RbacPermissionChecker
+from services.kit.revocations import RevocationFeed, feed_for_service
 from services.kit.server import KeelServer, Registration
 from services.kit.service_identity import ServiceCredential
 from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
@@ -44,6 +47,8 @@ from services.orgs.settings import OrgsSettings
 from services.orgs.store import OUTBOX, OrgsStore
 from services.orgs.teams import Teams
 from services.orgs.workspace_service import WorkspaceParts, build_workspace_parts
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "orgs"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -152,6 +157,8 @@ class OrgsService:
     domain: OrgsDomain
     server: KeelServer
     jwks: JwksCache
+    # authn's revocation feed, followed when orgs has its own credential (None otherwise).
+    revocations: RevocationFeed | None = None
     housekeeping: PeriodicTask = field(init=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +180,13 @@ class OrgsService:
     async def start(self) -> int:
         """Migrates and starts serving, the registry sweeper and the audit shipper; the bound port."""
         await migrate(self.domain.engine, self.domain.settings)
+        if self.revocations is not None:
+            await self.revocations.start()
+        else:
+            logger.warning(
+                "orgs has no service credential (KEEL_SERVICE_API_KEY_FILE): no revocation feed, so a "
+                "deactivated user's or ended session's access token is accepted until it expires"
+            )
         port = await self.server.start()
         self.domain.workspace.sweeping.start()
         self.housekeeping.start()
@@ -185,6 +199,8 @@ class OrgsService:
         await self.housekeeping.stop()
         await self.server.stop()
         await self.domain.outbox.stop()
+        if self.revocations is not None:
+            await self.revocations.stop()
         if self.domain.credential is not None:
             await self.domain.credential.close()
         for channel in self.domain.channels:
@@ -203,11 +219,18 @@ def build_service(
     clock = clock or SystemClock()
     engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
     domain = build_domain(settings, engine, clock)
+    authn_channel = connect(settings.authn_address)
+    domain.channels.append(authn_channel)
     if jwks is None:
-        jwks_channel = connect(settings.authn_address)
-        domain.channels.append(jwks_channel)
-        jwks = JwksCache(jwks_from_authn(jwks_channel))
-    verifier = TokenVerifier(jwks, issuer=settings.token_issuer, audience=settings.token_audience)
+        jwks = JwksCache(jwks_from_authn(authn_channel))
+    # The credential of build_domain: one exchange of orgs' API key serves every call on its account.
+    revocations = feed_for_service(authn_channel, domain.credential)
+    verifier = TokenVerifier(
+        jwks,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        principal_check=None if revocations is None else revocations.principal_check,
+    )
     server = KeelServer(
         SERVICE_NAME,
         settings,
@@ -216,4 +239,4 @@ def build_service(
         domain.checker,
         denial_recorder=domain.outbox.denial_recorder,
     )
-    return OrgsService(domain, server, jwks)
+    return OrgsService(domain, server, jwks, revocations)

@@ -3,16 +3,19 @@
 RBAC authorizes its own RPCs with its own decisions (RbacChecker), and
 verifies access tokens against authn's JWKS like every other service. Audit
 events go to RBAC's outbox with each write (denials too) and are shipped to
-orgs when RBAC has its own credential (KEEL_SERVICE_API_KEY_FILE).
+orgs when RBAC has its own credential (KEEL_SERVICE_API_KEY_FILE); with it,
+RBAC also follows authn's revocation feed and refuses revoked tokens.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel.rbac.v1 import rbac_pb2_grpc
@@ -22,7 +25,9 @@ from services.kit.clock import Clock, SystemClock
 from services.kit.db import create_engine_from_settings
 from services.kit.migrations import upgrade_to_head
 from services.kit.periodic import PeriodicTask
+from services.kit.revocations import RevocationFeed, feed_for_service
 from services.kit.server import KeelServer, Registration
+from services.kit.service_identity import ServiceCredential
 from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
 from services.rbac.administration import Administration
 from services.rbac.api import PermissionApi, RoleApi, RoleBindingApi, TeamMembershipApi
@@ -30,6 +35,8 @@ from services.rbac.checker import RbacChecker
 from services.rbac.decisions import Decisions
 from services.rbac.settings import RbacSettings
 from services.rbac.store import RbacStore, audit_outbox
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "rbac"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -90,6 +97,10 @@ class RbacService:
     server: KeelServer
     jwks: JwksCache
     outbox: AuditOutbox
+    # authn's revocation feed, followed when RBAC has its own credential (None otherwise).
+    revocations: RevocationFeed | None = None
+    credential: ServiceCredential | None = None
+    authn_channel: grpc.aio.Channel | None = None
     housekeeping: PeriodicTask = field(init=False)
 
     def __post_init__(self) -> None:
@@ -108,8 +119,15 @@ class RbacService:
             return await tx.purge_request_ids(self.domain.clock.now() - REQUEST_ID_RETENTION)
 
     async def start(self) -> int:
-        """Migrates and starts serving; the bound port."""
+        """Migrates, polls the revocation feed once, and starts serving; the bound port."""
         await migrate(self.domain.engine, self.domain.settings)
+        if self.revocations is not None:
+            await self.revocations.start()
+        else:
+            logger.warning(
+                "rbac has no service credential (KEEL_SERVICE_API_KEY_FILE): no revocation feed, so a "
+                "deactivated user's or ended session's access token is accepted until it expires"
+            )
         port = await self.server.start()
         self.outbox.start()
         self.housekeeping.start()
@@ -120,6 +138,12 @@ class RbacService:
         await self.housekeeping.stop()
         await self.server.stop()
         await self.outbox.stop()
+        if self.revocations is not None:
+            await self.revocations.stop()
+        if self.credential is not None:
+            await self.credential.close()
+        if self.authn_channel is not None:
+            await self.authn_channel.close(None)
         await self.domain.decisions.settle()
         await self.domain.engine.dispose()
 
@@ -134,11 +158,19 @@ def build_service(
     """A complete RBAC service, not yet started; `jwks` defaults to authn's over gRPC."""
     clock = clock or SystemClock()
     engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
-    outbox = AuditOutbox.from_settings(engine, audit_outbox, settings, clock, SERVICE_NAME)
+    credential = ServiceCredential.from_settings(settings, SystemClock())
+    outbox = AuditOutbox.from_settings(engine, audit_outbox, settings, clock, SERVICE_NAME, credential)
     domain = build_domain(settings, engine, clock, audit_recorded=outbox.notify)
+    authn_channel = connect(settings.authn_address)
     if jwks is None:
-        jwks = JwksCache(jwks_from_authn(connect(settings.authn_address)))
-    verifier = TokenVerifier(jwks, issuer=settings.token_issuer, audience=settings.token_audience)
+        jwks = JwksCache(jwks_from_authn(authn_channel))
+    revocations = feed_for_service(authn_channel, credential)
+    verifier = TokenVerifier(
+        jwks,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        principal_check=None if revocations is None else revocations.principal_check,
+    )
     registrations = [
         Registration(
             "keel.rbac.v1.PermissionService",
@@ -170,4 +202,4 @@ def build_service(
         max_message_bytes=MAX_REQUEST_BYTES,
         denial_recorder=outbox.denial_recorder,
     )
-    return RbacService(domain, server, jwks, outbox)
+    return RbacService(domain, server, jwks, outbox, revocations, credential, authn_channel)

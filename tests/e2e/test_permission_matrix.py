@@ -254,6 +254,9 @@ HOLDER_CASES: dict[str, Case] = {
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     "/keel.authn.v1.TokenService/GetJwks": Case(None, lambda w: tokens_pb2.GetJwksRequest()),
+    "/keel.authn.v1.TokenService/ListRevocations": Case(
+        "mesh", lambda w: tokens_pb2.ListRevocationsRequest()
+    ),
     "/keel.authn.v1.SigningKeyService/ListSigningKeys": root(
         lambda w: _signing_keys().ListSigningKeysRequest()
     ),

@@ -372,7 +372,7 @@ class _TokenService(tokens_pb2_grpc.TokenServiceServicer):
     async def _unimplemented(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of this test double")
 
-    CreateToken = RevokeToken = IntrospectToken = StartOidcLogin = _unimplemented
+    CreateToken = RevokeToken = IntrospectToken = StartOidcLogin = ListRevocations = _unimplemented
 
     def __init__(self, keys: KeySet) -> None:
         self._keys = keys

@@ -60,6 +60,11 @@ class TokenServiceStub:
                 request_serializer=keel_dot_authn_dot_v1_dot_tokens__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=keel_dot_authn_dot_v1_dot_tokens__pb2.GetJwksResponse.FromString,
                 _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/keel.authn.v1.TokenService/ListRevocations',
+                request_serializer=keel_dot_authn_dot_v1_dot_tokens__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=keel_dot_authn_dot_v1_dot_tokens__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -101,6 +106,15 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRevocations(self, request, context):
+        """Lists revoked subjects and sessions whose access tokens may not have expired yet, so that
+        services verifying tokens locally refuse them at once. Only the control plane's own
+        service accounts may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +142,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.GetJwks,
                     request_deserializer=keel_dot_authn_dot_v1_dot_tokens__pb2.GetJwksRequest.FromString,
                     response_serializer=keel_dot_authn_dot_v1_dot_tokens__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=keel_dot_authn_dot_v1_dot_tokens__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=keel_dot_authn_dot_v1_dot_tokens__pb2.ListRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +285,33 @@ class TokenService:
             '/keel.authn.v1.TokenService/GetJwks',
             keel_dot_authn_dot_v1_dot_tokens__pb2.GetJwksRequest.SerializeToString,
             keel_dot_authn_dot_v1_dot_tokens__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.authn.v1.TokenService/ListRevocations',
+            keel_dot_authn_dot_v1_dot_tokens__pb2.ListRevocationsRequest.SerializeToString,
+            keel_dot_authn_dot_v1_dot_tokens__pb2.ListRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

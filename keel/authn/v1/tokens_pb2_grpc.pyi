@@ -46,6 +46,11 @@ class TokenServiceStub:
     """Starts single sign-on: returns the provider's authorization URL and its state."""
     GetJwks: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.GetJwksRequest, _tokens_pb2.GetJwksResponse]
     """Returns the public signing keys that verify access tokens."""
+    ListRevocations: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.ListRevocationsRequest, _tokens_pb2.ListRevocationsResponse]
+    """Lists revoked subjects and sessions whose access tokens may not have expired yet, so that
+    services verifying tokens locally refuse them at once. Only the control plane's own
+    service accounts may call it.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -62,6 +67,11 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """Starts single sign-on: returns the provider's authorization URL and its state."""
     GetJwks: _aio.UnaryUnaryMultiCallable[_tokens_pb2.GetJwksRequest, _tokens_pb2.GetJwksResponse]  # type: ignore[assignment]
     """Returns the public signing keys that verify access tokens."""
+    ListRevocations: _aio.UnaryUnaryMultiCallable[_tokens_pb2.ListRevocationsRequest, _tokens_pb2.ListRevocationsResponse]  # type: ignore[assignment]
+    """Lists revoked subjects and sessions whose access tokens may not have expired yet, so that
+    services verifying tokens locally refuse them at once. Only the control plane's own
+    service accounts may call it.
+    """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     """Issues, refreshes, revokes and introspects tokens; serves the JWKS."""
@@ -105,5 +115,16 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tokens_pb2.GetJwksResponse, _abc.Awaitable[_tokens_pb2.GetJwksResponse]]:
         """Returns the public signing keys that verify access tokens."""
+
+    @_abc_1.abstractmethod
+    def ListRevocations(
+        self,
+        request: _tokens_pb2.ListRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tokens_pb2.ListRevocationsResponse, _abc.Awaitable[_tokens_pb2.ListRevocationsResponse]]:
+        """Lists revoked subjects and sessions whose access tokens may not have expired yet, so that
+        services verifying tokens locally refuse them at once. Only the control plane's own
+        service accounts may call it.
+        """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
