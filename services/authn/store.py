@@ -632,6 +632,16 @@ class AuthnTx:
         )
         return await self._one(UserRecord, statement)
 
+    async def lock_active_platform_admin_ids(self) -> list[str]:
+        """Ids of the active platform admins, row-locked for the transaction (PostgreSQL)."""
+        statement = (
+            select(users.c.id)
+            .where(users.c.platform_admin.is_(True), users.c.state == "active")
+            .order_by(users.c.id)
+            .with_for_update()
+        )
+        return [row.id for row in await self.conn.execute(statement)]
+
     async def update_user(
         self, user_id: str, expected_version: int, changes: Mapping[str, Any], now: datetime
     ) -> UserRecord | None:

@@ -22,7 +22,14 @@ from services.authn.store import AuthnStore, Conflict, ListQuery, Page, RequestK
 from services.authn.throttling import LoginThrottle
 from services.kit.audit import AuditEvent
 from services.kit.clock import Clock
-from services.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from services.kit.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from services.kit.fieldmask import check_etag
 
 # Deliberately loose (RFC 5321 is far richer): one @, no spaces, a dot in the domain.
@@ -250,6 +257,12 @@ class Users:
         """
         now = self._clock.now()
         async with self._store.transaction() as tx:
+            # Locked first, so two admins deactivating each other cannot both succeed.
+            admins = await tx.lock_active_platform_admin_ids()
+            if admins == [user_id]:
+                raise FailedPrecondition(
+                    "the last active platform admin cannot be deactivated", reason="LAST_PLATFORM_ADMIN"
+                )
             user = await self._require(await tx.deactivate_user(user_id, now))
             await tx.record_revocations(
                 subject_ids=[user_id], revoke_time=now, expire_time=now + self._revocation_lifetime

@@ -234,3 +234,18 @@ async def test_change_password_ends_other_sessions(authn: Authn) -> None:
     )
     await expect_error(authn.login("chg@example.test", PASSWORD), grpc.StatusCode.UNAUTHENTICATED)
     await authn.login("chg@example.test", "a brand new secret")
+
+
+async def test_the_last_active_platform_admin_cannot_be_deactivated(authn: Authn) -> None:
+    request = users_pb2.DeactivateUserRequest(user_id=authn.admin_id)
+    refused = await expect_error(
+        authn.users.DeactivateUser(request, metadata=authn.admin), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    second = await authn.service.domain.users.create(
+        "second-admin@example.test", "Second", PASSWORD, platform_admin=True
+    )
+    replaced = await authn.users.DeactivateUser(request, metadata=authn.admin)
+
+    assert reason_of(refused) == "LAST_PLATFORM_ADMIN"
+    assert replaced.state == users_pb2.User.DEACTIVATED
+    assert await authn.service.domain.users.is_platform_admin(second.id)
