@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,6 +89,43 @@ class _Flight:
     at_least_revision: int
 
 
+# The resource (with its scope chain) a check names: (resource_type, resource_id, scope_id) → ref.
+ScopeMapping = Callable[[str, str, str], rbac_pb2.ResourceRef]
+
+
+def organization_scope(resource_type: str, resource_id: str, scope_id: str) -> rbac_pb2.ResourceRef:
+    """Control-plane rules: `scope_id` is the organization."""
+    return rbac_pb2.ResourceRef(
+        organization_id=scope_id,
+        # A workspace is also the scope of its contents: its own bindings apply to it.
+        workspace_id=resource_id if resource_type == "workspace" else "",
+        resource_type=resource_type if resource_id else "",
+        resource_id=resource_id,
+    )
+
+
+def workspace_scope(organization_id: str, workspace_id: str) -> ScopeMapping:
+    """Workspace-server rules: `scope_id` is this server's workspace, or else a project in it.
+
+    The server's own organization and workspace complete the chain; a project is
+    also the scope of its contents, so project bindings apply to the project itself.
+    """
+
+    def mapping(resource_type: str, resource_id: str, scope_id: str) -> rbac_pb2.ResourceRef:
+        project_id = "" if scope_id == workspace_id else scope_id
+        if resource_type == "project" and resource_id:
+            project_id = resource_id
+        return rbac_pb2.ResourceRef(
+            organization_id=organization_id,
+            workspace_id=workspace_id,
+            project_id=project_id,
+            resource_type=resource_type if resource_id else "",
+            resource_id=resource_id,
+        )
+
+    return mapping
+
+
 class RbacPermissionChecker:
     """`PermissionChecker` asking RBAC's Check, with a short-lived answer cache."""
 
@@ -99,11 +137,14 @@ class RbacPermissionChecker:
         cache_ttl_seconds: float = MAX_CACHE_TTL_SECONDS,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         timeout_seconds: float | None = None,
+        scope: ScopeMapping = organization_scope,
     ) -> None:
         """`rbac`: a channel from `services.kit.clients.connect` or a PermissionService stub.
 
         `timeout_seconds` bounds each Check; None leaves it to the channel (the kit's
-        `connect` caps it by the time left on the call being served).
+        `connect` caps it by the time left on the call being served). `scope` turns a
+        rule's (type, resource id, scope id) into the resource RBAC is asked about:
+        `organization_scope` on the control plane, `workspace_scope(...)` on a workspace server.
         """
         if not 0 <= cache_ttl_seconds <= MAX_CACHE_TTL_SECONDS:
             raise ValueError(f"cache_ttl_seconds must be between 0 and {MAX_CACHE_TTL_SECONDS}")
@@ -116,6 +157,7 @@ class RbacPermissionChecker:
         self._ttl = timedelta(seconds=cache_ttl_seconds)
         self._max_entries = max_entries
         self._timeout = timeout_seconds
+        self._scope = scope
         self._cache: OrderedDict[CacheKey, _Answer] = OrderedDict()
         self._flights: dict[CacheKey, _Flight] = {}
         self._min_revision = 0
@@ -197,13 +239,7 @@ class RbacPermissionChecker:
         request = rbac_pb2.CheckRequest(
             principal=rbac_pb2.Subject(kind=_SUBJECT_KINDS[kind], id=subject),
             permission=rbac_pb2.Permission(resource_type=resource_type, action=action),
-            resource=rbac_pb2.ResourceRef(
-                organization_id=scope_id,
-                # A workspace is also the scope of its contents: its own bindings apply to it.
-                workspace_id=resource_id if resource_type == "workspace" else "",
-                resource_type=resource_type if resource_id else "",
-                resource_id=resource_id,
-            ),
+            resource=self._scope(resource_type, resource_id, scope_id),
             at_least_revision=at_least_revision,
         )
         metadata = ((AUTHORIZATION_KEY, f"Bearer {principal.token}"),) if principal.token else None

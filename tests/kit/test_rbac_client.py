@@ -18,7 +18,7 @@ import pytest
 from services.kit.clients import connect
 from services.kit.context import Principal
 from services.kit.errors import Unavailable
-from services.kit.rbac_client import RbacPermissionChecker
+from services.kit.rbac_client import RbacPermissionChecker, workspace_scope
 from services.rbac.evaluator import Ref
 from tests.clock import ManualClock
 from tests.rbac.conftest import Server, server  # noqa: F401  (the real RBAC server fixture)
@@ -272,3 +272,30 @@ async def test_workspace_bindings_apply_to_the_workspace_itself(
 
     assert (own, other) == (True, False)
     assert spy.calls[0][2] == Ref(ORG, workspace_id="ws-1", resource_type="workspace", resource_id="ws-1")
+
+
+async def test_workspace_scope_names_the_servers_workspace_or_a_project_in_it(
+    server: Server,  # noqa: F811
+    rbac_channel: grpc.aio.Channel,
+    spy: CheckSpy,
+) -> None:
+    await seed(server)
+    administration = server.service.domain.administration
+    await administration.create_binding(
+        ORG, ("user", "editor"), "project_editor", Ref(ORG, workspace_id="ws-1", project_id="p-1")
+    )
+    checker = RbacPermissionChecker(rbac_channel, ManualClock(), scope=workspace_scope(ORG, "ws-1"))
+    editor = principal(server, "editor")
+
+    run_in_project = await checker.check(editor, "run", "update", "r-1", "p-1")
+    run_in_other_project = await checker.check(editor, "run", "update", "r-1", "p-2")
+    the_project = await checker.check(editor, "project", "read", "p-1", "ws-1")
+    create_stack = await checker.check(editor, "stack", "create", "", "ws-1")
+
+    assert (run_in_project, run_in_other_project, the_project, create_stack) == (True, False, True, False)
+    assert [call[2] for call in spy.calls] == [
+        Ref(ORG, "ws-1", "p-1", "run", "r-1"),
+        Ref(ORG, "ws-1", "p-2", "run", "r-1"),
+        Ref(ORG, "ws-1", "p-1", "project", "p-1"),
+        Ref(ORG, "ws-1"),
+    ]
