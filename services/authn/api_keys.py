@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from services.authn.auditing import authn_event
 from services.authn.crypto import SecretHasher
 from services.authn.ids import new_id
+from services.authn.revocations import api_key_session
 from services.authn.store import (
     ApiKeyRecord,
     ApiKeySecretRecord,
@@ -77,12 +78,19 @@ class ApiKeys:
     """The API-key rules."""
 
     def __init__(
-        self, store: AuthnStore, hasher: SecretHasher, clock: Clock, *, default_grace: timedelta
+        self,
+        store: AuthnStore,
+        hasher: SecretHasher,
+        clock: Clock,
+        *,
+        default_grace: timedelta,
+        revocation_lifetime: timedelta,
     ) -> None:
         self._store = store
         self._hasher = hasher
         self._clock = clock
         self._default_grace = default_grace
+        self._revocation_lifetime = revocation_lifetime
 
     def _new_secret(self, key_id: str, now: datetime) -> tuple[str, ApiKeySecretRecord]:
         public_id = secrets.token_hex(4)
@@ -242,6 +250,12 @@ class ApiKeys:
             key = await tx.revoke_api_key(principal_id, key_id, now)
             if key is None:
                 raise NotFound("api key not found")
+            # Tokens already exchanged from the key carry its session: the feed ends them too.
+            await tx.record_revocations(
+                session_ids=[api_key_session(key_id)],
+                revoke_time=now,
+                expire_time=now + self._revocation_lifetime,
+            )
             await tx.record_event(
                 authn_event(
                     "authn.api_key.revoke",
@@ -252,6 +266,12 @@ class ApiKeys:
                 )
             )
         return self.view(key, None)
+
+    async def is_live(self, principal_id: str, key_id: str) -> bool:
+        """Whether the principal's key is still active (tokens exchanged from it stay valid)."""
+        async with self._store.transaction() as tx:
+            key = await tx.get_api_key(principal_id, key_id)
+        return key is not None and key.state == "active"
 
     async def authenticate(
         self, secret: str, *, token_grant: bool = False, organization_id: str = ""

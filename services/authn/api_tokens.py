@@ -11,7 +11,7 @@ from keel.authn.v1 import tokens_pb2_grpc
 from services.authn.api import Context, timestamp
 from services.authn.api_keys import ApiKeys, check_api_key_format
 from services.authn.oidc_login import OidcLogins
-from services.authn.revocations import Revocations
+from services.authn.revocations import Revocations, api_key_session
 from services.authn.signing_keys import SigningKeys
 from services.authn.throttling import source_address
 from services.authn.tokens import IssuedTokens, TokenIssuer, check_refresh_token_format
@@ -77,7 +77,7 @@ class TokenApi(tokens_pb2_grpc.TokenServiceServicer):
                 request.api_key.secret, token_grant=True, organization_id=organization_id
             )
             token, expire_time = await self._tokens.mint_access_token(
-                key.principal_id, key.principal_kind, organization_id
+                key.principal_id, key.principal_kind, organization_id, session_id=api_key_session(key.id)
             )
             return _response(IssuedTokens(key.principal_id, token, expire_time))
         if grant == "refresh_token":

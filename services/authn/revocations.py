@@ -18,6 +18,10 @@ from services.kit.clock import Clock
 from services.kit.errors import InvalidArgument
 from services.kit.pagination import page_size
 
+# Access tokens exchanged from an API key carry "sid" = this prefix + the key id, so that
+# revoking the key puts them on the feed like an ended login session.
+API_KEY_SESSION_PREFIX = "apikey:"
+
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 1000
 
@@ -29,6 +33,11 @@ def revocation_lifetime(access_token_ttl: timedelta, leeway: timedelta) -> timed
     least the largest leeway of any verifier (the kit default is 30 s, authn's 60 s).
     """
     return access_token_ttl + leeway
+
+
+def api_key_session(key_id: str) -> str:
+    """The "sid" of access tokens exchanged from API key `key_id`."""
+    return API_KEY_SESSION_PREFIX + key_id
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from services.authn.oidc import OidcClient, OidcProviderConfig
 from services.authn.oidc_login import OidcLogins
 from services.authn.passwords import PasswordCost, Passwords
 from services.authn.permissions import PlatformAdminChecker
-from services.authn.revocations import Revocations, revocation_lifetime
+from services.authn.revocations import API_KEY_SESSION_PREFIX, Revocations, revocation_lifetime
 from services.authn.service_accounts import ServiceAccounts
 from services.authn.settings import AuthnSettings, master_key_bytes
 from services.authn.signing_keys import SigningKeys
@@ -95,9 +95,13 @@ class AuthnDomain:
         if found is None or found[1] != "active" or found[0] != principal.kind:
             return False
         session_id = principal.claims.get("sid")
-        if isinstance(session_id, str) and session_id:
-            return await self.tokens.is_session_live(session_id)
-        return True
+        if not isinstance(session_id, str) or not session_id:
+            return True
+        if session_id.startswith(API_KEY_SESSION_PREFIX):
+            return await self.api_keys.is_live(
+                principal.subject, session_id.removeprefix(API_KEY_SESSION_PREFIX)
+            )
+        return await self.tokens.is_session_live(session_id)
 
 
 def _nothing() -> None:
@@ -171,6 +175,7 @@ def build_domain(
             keyring.hasher,
             clock,
             default_grace=timedelta(seconds=settings.authn_api_key_default_grace_seconds),
+            revocation_lifetime=revocations_kept,
         ),
         signing_keys=signing_keys,
         tokens=TokenIssuer(

@@ -200,7 +200,7 @@ revocations = Table(
     Column("sequence", BigInteger, primary_key=True, autoincrement=False),
     # Exactly one of subject_id and session_id is set; the other is empty.
     Column("subject_id", String(36), nullable=False),
-    Column("session_id", String(36), nullable=False),
+    Column("session_id", String(64), nullable=False),
     Column("revoke_time", UtcDateTime, nullable=False),
     # The feed reads "sequence > x AND expire_time > now" (the primary key serves a poller's
     # recent high-water mark, this index a first poll from 0) and the purge "expire_time <= now".

@@ -123,6 +123,37 @@ async def test_logout_writes_one_session_row_once(authn: Authn) -> None:
     assert [(r.subject_id, r.session_id) for r in await feed_rows(authn)] == [("", session_id)]
 
 
+async def test_revoking_an_api_key_ends_the_tokens_exchanged_from_it(authn: Authn) -> None:
+    user = await authn.create_user("keys@example.test", PASSWORD)
+    keys = []
+    for name in ("ci", "laptop"):
+        created = await authn.api_keys.CreateApiKey(
+            api_keys_pb2.CreateApiKeyRequest(
+                principal_id=user.id, api_key=api_keys_pb2.ApiKey(display_name=name)
+            ),
+            metadata=authn.admin,
+        )
+        exchanged = await authn.tokens.CreateToken(
+            tokens_pb2.CreateTokenRequest(api_key=tokens_pb2.ApiKeyGrant(secret=created.secret))
+        )
+        keys.append((created.api_key.id, exchanged.access_token))
+    (revoked_id, revoked_token), (kept_id, kept_token) = keys
+
+    await authn.api_keys.RevokeApiKey(
+        api_keys_pb2.RevokeApiKeyRequest(principal_id=user.id, api_key_id=revoked_id), metadata=authn.admin
+    )
+    me = users_pb2.GetUserRequest(user_id="me")
+    await expect_error(
+        authn.users.GetUser(me, metadata=bearer(revoked_token)), grpc.StatusCode.UNAUTHENTICATED
+    )
+    still = await authn.users.GetUser(me, metadata=bearer(kept_token))
+
+    assert _claims(revoked_token)["sid"] == f"apikey:{revoked_id}"
+    assert _claims(kept_token)["sid"] == f"apikey:{kept_id}"
+    assert still.id == user.id
+    assert [(r.subject_id, r.session_id) for r in await feed_rows(authn)] == [("", f"apikey:{revoked_id}")]
+
+
 async def test_refresh_token_reuse_writes_one_session_row(authn: Authn) -> None:
     await authn.create_user("copied@example.test", PASSWORD)
     login = await authn.login("copied@example.test", PASSWORD)
