@@ -19,7 +19,9 @@ import grpc
 import pytest
 
 from keel.authn.v1 import (
+    api_keys_pb2,
     api_keys_pb2_grpc,
+    service_accounts_pb2,
     service_accounts_pb2_grpc,
     signing_keys_pb2_grpc,
     tokens_pb2,
@@ -105,6 +107,22 @@ class Authn:
     async def refresh_admin(self) -> None:
         """A fresh admin token (after the clock moved past the old one's expiry)."""
         self.admin_token = (await self.login(ADMIN_EMAIL, self.admin_password)).access_token
+
+    async def service_account_key(self, display_name: str) -> tuple[str, str]:
+        """(id, API key secret) of a new service account, made by the platform admin."""
+        account = await self.service_accounts.CreateServiceAccount(
+            service_accounts_pb2.CreateServiceAccountRequest(
+                service_account=service_accounts_pb2.ServiceAccount(display_name=display_name)
+            ),
+            metadata=self.admin,
+        )
+        key = await self.api_keys.CreateApiKey(
+            api_keys_pb2.CreateApiKeyRequest(
+                principal_id=account.id, api_key=api_keys_pb2.ApiKey(display_name=display_name)
+            ),
+            metadata=self.admin,
+        )
+        return account.id, key.secret
 
     async def create_user(self, email: str, password: str = "correct horse battery") -> users_pb2.User:
         request = users_pb2.CreateUserRequest(user=users_pb2.User(email=email), password=password)

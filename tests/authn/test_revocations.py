@@ -34,22 +34,9 @@ async def feed_rows(authn: Authn) -> list[RevocationRecord]:
 
 async def service_account(authn: Authn, name: str = "keel-rbac") -> tuple[str, Metadata]:
     """A new service account and call metadata with an access token of its own."""
-    account = await authn.service_accounts.CreateServiceAccount(
-        service_accounts_pb2.CreateServiceAccountRequest(
-            service_account=service_accounts_pb2.ServiceAccount(display_name=name)
-        ),
-        metadata=authn.admin,
-    )
-    key = await authn.api_keys.CreateApiKey(
-        api_keys_pb2.CreateApiKeyRequest(
-            principal_id=account.id, api_key=api_keys_pb2.ApiKey(display_name="k")
-        ),
-        metadata=authn.admin,
-    )
-    token = await authn.tokens.CreateToken(
-        tokens_pb2.CreateTokenRequest(api_key=tokens_pb2.ApiKeyGrant(secret=key.secret))
-    )
-    return account.id, bearer(token.access_token)
+    account_id, secret = await authn.service_account_key(name)
+    grant = tokens_pb2.CreateTokenRequest(api_key=tokens_pb2.ApiKeyGrant(secret=secret))
+    return account_id, bearer((await authn.tokens.CreateToken(grant)).access_token)
 
 
 def refresh(token: str) -> tokens_pb2.CreateTokenRequest:

@@ -568,25 +568,10 @@ async def _user(authn: Authn, name: str) -> tuple[str, str]:
 
 
 async def _mesh_account(authn: Authn, key_file: Path) -> tuple[str, str]:
-    account = await authn.service_accounts.CreateServiceAccount(
-        service_accounts_pb2.CreateServiceAccountRequest(
-            service_account=service_accounts_pb2.ServiceAccount(display_name="keel-orgs")
-        ),
-        metadata=authn.admin,
-    )
-    key = await authn.api_keys.CreateApiKey(
-        api_keys_pb2.CreateApiKeyRequest(
-            principal_id=account.id, api_key=api_keys_pb2.ApiKey(display_name="mesh")
-        ),
-        metadata=authn.admin,
-    )
-    write_private(key_file, key.secret)
-    token = (
-        await authn.tokens.CreateToken(
-            tokens_pb2.CreateTokenRequest(api_key=tokens_pb2.ApiKeyGrant(secret=key.secret))
-        )
-    ).access_token
-    return account.id, token
+    account_id, secret = await authn.service_account_key("keel-orgs")
+    write_private(key_file, secret)
+    grant = tokens_pb2.CreateTokenRequest(api_key=tokens_pb2.ApiKeyGrant(secret=secret))
+    return account_id, (await authn.tokens.CreateToken(grant)).access_token
 
 
 def write_private(path: Path, text: str) -> None:

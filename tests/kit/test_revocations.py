@@ -20,7 +20,6 @@ from services.kit.revocations import RevocationFeed
 from services.kit.service_identity import ServiceCredential
 from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
 from tests.authn.conftest import Authn, authn, clock  # noqa: F401  (fixtures)
-from tests.kit.test_service_identity import service_key
 
 PASSWORD = "correct horse battery"
 
@@ -33,7 +32,7 @@ async def feed_for(
     stale_after_seconds: float = 30.0,
 ) -> RevocationFeed:
     """A feed polling `authn` (or `channel`) as a new service account, on authn's clock."""
-    _, secret = await service_key(authn)
+    _, secret = await authn.service_account_key("keel-rbac")
     credential = ServiceCredential(authn.tokens, secret, authn.clock)
     return RevocationFeed(
         tokens_pb2_grpc.TokenServiceStub(channel or authn.channel),

@@ -8,30 +8,12 @@ from pathlib import Path
 import jwt
 import pytest
 
-from keel.authn.v1 import api_keys_pb2, service_accounts_pb2
 from services.kit.service_identity import RENEW_BEFORE, ServiceCredential, read_api_key_file
 from tests.authn.conftest import Authn, authn, clock  # noqa: F401  (fixtures)
 
 
-async def service_key(authn: Authn) -> tuple[str, str]:  # noqa: F811
-    """(service account id, API key secret) of a new service account."""
-    account = await authn.service_accounts.CreateServiceAccount(
-        service_accounts_pb2.CreateServiceAccountRequest(
-            service_account=service_accounts_pb2.ServiceAccount(display_name="keel-orgs")
-        ),
-        metadata=authn.admin,
-    )
-    key = await authn.api_keys.CreateApiKey(
-        api_keys_pb2.CreateApiKeyRequest(
-            principal_id=account.id, api_key=api_keys_pb2.ApiKey(display_name="k")
-        ),
-        metadata=authn.admin,
-    )
-    return account.id, key.secret
-
-
 async def test_exchanges_the_key_once_and_renews_before_expiry(authn: Authn) -> None:  # noqa: F811
-    account_id, secret = await service_key(authn)
+    account_id, secret = await authn.service_account_key("keel-orgs")
     credential = ServiceCredential(authn.tokens, secret, authn.clock)
 
     first = await credential.token()

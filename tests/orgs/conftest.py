@@ -26,7 +26,6 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keel.authn.v1 import api_keys_pb2, service_accounts_pb2
 from keel.orgs.v1 import organizations_pb2 as pb
 from keel.orgs.v1 import organizations_pb2_grpc as pb_grpc
 from keel.rbac.v1 import rbac_pb2_grpc
@@ -173,22 +172,11 @@ async def service_urls(database_url: str, tmp_path: Path) -> AsyncIterator[dict[
 
 
 async def _mesh_account(authn: Authn, key_file: Path) -> str:
-    account = await authn.service_accounts.CreateServiceAccount(
-        service_accounts_pb2.CreateServiceAccountRequest(
-            service_account=service_accounts_pb2.ServiceAccount(display_name="orgs-mesh")
-        ),
-        metadata=authn.admin,
-    )
-    key = await authn.api_keys.CreateApiKey(
-        api_keys_pb2.CreateApiKeyRequest(
-            principal_id=account.id, api_key=api_keys_pb2.ApiKey(display_name="orgs")
-        ),
-        metadata=authn.admin,
-    )
+    account_id, secret = await authn.service_account_key("orgs-mesh")
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(key.secret)
-    return str(account.id)
+        handle.write(secret)
+    return account_id
 
 
 def orgs_settings(stack_urls: dict[str, str], data_dir: Path, **overrides: Any) -> OrgsSettings:
