@@ -23,10 +23,12 @@ from types import FrameType
 from typing import Any
 
 from services.mesh.bootstrap import (
+    advertised_endpoint,
     create_default_organization,
     default_organization,
     ensure_service_accounts,
     service_account_environment,
+    workspace_environment,
 )
 from services.mesh.catalog import IDENTITY_SERVICE, SERVICES, ServiceSpec, runnable_services
 from services.mesh.master_key import ensure_master_key
@@ -252,14 +254,21 @@ def run(options: Options) -> int:
             account_ids = ensure_service_accounts(
                 identity_spec.module_name, list(addresses), authn_env, data_dir, options.startup_timeout
             )
-        for spec in specs:
-            secrets = secrets_for(spec, data_dir)
+
+        def start(spec: ServiceSpec, extra: Mapping[str, str]) -> Child:
+            secrets = secrets_for(spec, data_dir) | dict(extra)
             secrets |= service_account_environment(spec.name, account_ids, data_dir)
             envs[spec.name] = child_environment(os.environ, spec, addresses, data_dir, secrets)
-            children.append(start_child(spec, addresses[spec.name], envs[spec.name], data_dir / "logs"))
-        print(f"mesh: started {', '.join(c.spec.name for c in children)}; waiting for SERVING", flush=True)
+            child = start_child(spec, addresses[spec.name], envs[spec.name], data_dir / "logs")
+            children.append(child)
+            return child
+
+        # The control plane first: the workspace servers register with it, with the credential of
+        # the default workspace that its bootstrap creates.
+        control = [start(spec, {}) for spec in specs if spec.plane == "control"]
+        print(f"mesh: started {', '.join(c.spec.name for c in control)}; waiting for SERVING", flush=True)
         deadline = time.monotonic() + options.startup_timeout
-        for child in children:
+        for child in control:
             wait_until_ready(child, deadline)
         identity = next((c for c in children if c.spec.name == IDENTITY_SERVICE), None)
         if identity is not None:
@@ -273,6 +282,16 @@ def run(options: Options) -> int:
                     ),
                     flush=True,
                 )
+        later = [spec for spec in specs if spec.plane != "control"]
+        workspace_env = workspace_environment(data_dir)
+        if workspace_env is None and any(spec.plane == "workspace" for spec in later):
+            print("mesh: no default workspace credential in this data folder: workspace services skipped")
+            later = [spec for spec in later if spec.plane != "workspace"]
+        rest = [start(spec, (workspace_env or {}) | advertised_endpoint(spec, addresses)) for spec in later]
+        if rest:
+            print(f"mesh: started {', '.join(c.spec.name for c in rest)}; waiting for SERVING", flush=True)
+        for child in rest:
+            wait_until_ready(child, deadline)
         document = ready_document(children, data_dir)
         if options.ready_file is not None:
             write_ready_file(options.ready_file, document)

@@ -28,6 +28,7 @@ import grpc
 
 from keel.authn.v1 import tokens_pb2, tokens_pb2_grpc
 from keel.orgs.v1 import organizations_pb2, organizations_pb2_grpc, workspaces_pb2, workspaces_pb2_grpc
+from services.mesh.catalog import ServiceSpec
 from services.mesh.supervisor import ChildFailed
 
 # Services that act on their own account and so get a mesh service account.
@@ -75,6 +76,19 @@ def service_account_environment(name: str, ids: Mapping[str, str], data_dir: pat
     if name in ids:
         env["KEEL_SERVICE_API_KEY_FILE"] = str(key_file(data_dir, name))
     return env
+
+
+def workspace_environment(data_dir: pathlib.Path) -> dict[str, str] | None:
+    """KEEL_WORKSPACE_CREDENTIAL_FILE of the default workspace, once its credential exists."""
+    path = key_file(data_dir, "workspace-default")
+    return {"KEEL_WORKSPACE_CREDENTIAL_FILE": str(path)} if path.exists() else None
+
+
+def advertised_endpoint(spec: ServiceSpec, addresses: Mapping[str, str]) -> dict[str, str]:
+    """Where a workspace service tells the registry it listens (its mesh address)."""
+    if spec.plane != "workspace":
+        return {}
+    return {f"KEEL_{spec.name.upper()}_ADVERTISED_ENDPOINT": addresses[spec.name]}
 
 
 def create_default_organization(

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Probe = Literal["grpc", "tcp"]
+# control: starts first; workspace: needs the default workspace's credential, made after the control
+# plane's bootstrap; edge: the gateway, last.
+Plane = Literal["control", "workspace", "edge"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class ServiceSpec:
     module: str = ""
     # grpc: the grpc.health.v1 Check reports SERVING; tcp: the port accepts connections (HTTP gateway).
     probe: Probe = "grpc"
+    plane: Plane = "control"
 
     @property
     def module_name(self) -> str:
@@ -33,10 +37,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("authn", 50051),
     ServiceSpec("orgs", 50052),
     ServiceSpec("rbac", 50053),
-    ServiceSpec("metadata", 50061),
-    ServiceSpec("workloads", 50062),
-    ServiceSpec("credentials", 50063),
-    ServiceSpec("gateway", 8080, module="gateway", probe="tcp"),
+    ServiceSpec("metadata", 50061, plane="workspace"),
+    ServiceSpec("workloads", 50062, plane="workspace"),
+    ServiceSpec("credentials", 50063, plane="workspace"),
+    ServiceSpec("gateway", 8080, module="gateway", probe="tcp", plane="edge"),
 )
 
 # The service whose admin bootstrap runs once everything is SERVING.

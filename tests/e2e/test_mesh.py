@@ -205,14 +205,15 @@ def test_admin_password_is_printed_once_per_data_dir(start_mesh: StartMesh, tmp_
         assert stop(second) == 0, second.text()
     assert password_lines(second.text()) == [], second.text()
     assert ready["default_organization"] == defaults
-    # The admin is the default organization's Admin and its workspace exists (no second one was made).
-    assert organization == ("Default", ["default"], "organization_admin")
+    # The admin is the default organization's Admin and its workspace exists (no second one was
+    # made), ACTIVE: the mesh's metadata server registered for it with the workspace credential.
+    assert organization == ("Default", [("default", "ACTIVE")], "organization_admin")
 
 
 def admin_view_of_default_organization(
     ready: dict[str, Any], password: str, defaults: dict[str, str]
-) -> tuple[str, list[str], str]:
-    """(organization name, workspace names, the admin's member role) as the admin sees them."""
+) -> tuple[str, list[tuple[str, str]], str]:
+    """(organization name, workspace names and states, the admin's member role) as the admin sees them."""
     services = ready["services"]
     with grpc.insecure_channel(services["authn"]["address"]) as authn:
         login = tokens_pb2_grpc.TokenServiceStub(authn).CreateToken(
@@ -239,4 +240,5 @@ def admin_view_of_default_organization(
             metadata=metadata,
             timeout=10,
         )
-    return organization.display_name, [w.display_name for w in workspaces.workspaces], member.role_id
+    listed = [(w.display_name, workspaces_pb2.WorkspaceState.Name(w.state)) for w in workspaces.workspaces]
+    return organization.display_name, listed, member.role_id

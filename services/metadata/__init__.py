@@ -1,0 +1,1 @@
+"""The metadata service (workspace server): projects, stacks, pipelines, runs, artifacts and models."""

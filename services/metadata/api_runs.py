@@ -1,0 +1,236 @@
+"""gRPC servicer of keel.metadata.v1.RunService: messages in, domain calls, messages out; no SQL.
+
+The creator of a run becomes its owner (after the create commits, again on a
+retry: RecordOwnership is idempotent for the same owner); step runs are parts
+of their run and carry no bindings of their own. The trigger's principal is
+always the caller, never a client-supplied id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from keel.metadata.v1 import runs_pb2, runs_pb2_grpc
+from services.kit.context import require_principal
+from services.kit.errors import InvalidArgument
+from services.kit.pagination import page_size
+from services.metadata.api_pipelines import timestamp
+from services.metadata.domain import MetadataDomain, forget_quietly, principal_key
+from services.metadata.run_store import RunRecord, StepRunRecord
+from services.metadata.runs import Runs
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_TRIGGERS = {
+    runs_pb2.RunTrigger.KIND_UNSPECIFIED: "user",
+    runs_pb2.RunTrigger.USER: "user",
+    runs_pb2.RunTrigger.SCHEDULE: "schedule",
+    runs_pb2.RunTrigger.DASHBOARD: "dashboard",
+}
+_TRIGGER_KINDS = {
+    "user": runs_pb2.RunTrigger.USER,
+    "schedule": runs_pb2.RunTrigger.SCHEDULE,
+    "dashboard": runs_pb2.RunTrigger.DASHBOARD,
+}
+MAX_STEP_PAGE = 1000
+
+
+def _run_status(value: str) -> int:
+    return int(runs_pb2.Run.Status.Value(value.upper()))
+
+
+def _step_status(value: str) -> int:
+    return int(runs_pb2.StepRun.Status.Value(value.upper()))
+
+
+def run_message(record: RunRecord) -> runs_pb2.Run:
+    """The Run message of a record."""
+    return runs_pb2.Run(
+        id=record.id,
+        project_id=record.project_id,
+        pipeline_id=record.pipeline_id,
+        snapshot_id=record.snapshot_id,
+        status=_run_status(record.status),  # type: ignore[arg-type]
+        status_reason=record.status_reason,
+        orchestrator_run_id=record.orchestrator_run_id,
+        trigger=runs_pb2.RunTrigger(
+            kind=_TRIGGER_KINDS[record.trigger], principal_id=record.trigger_principal_id
+        ),
+        step_count=record.step_count,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+        start_time=timestamp(record.start_time),
+        end_time=timestamp(record.end_time),
+    )
+
+
+def step_run_message(record: StepRunRecord) -> runs_pb2.StepRun:
+    """The StepRun message of a record."""
+    return runs_pb2.StepRun(
+        id=record.id,
+        run_id=record.run_id,
+        name=record.name,
+        status=_step_status(record.status),  # type: ignore[arg-type]
+        status_reason=record.status_reason,
+        attempt_count=record.attempt_count,
+        cache_key=record.cache_key,
+        parents=record.parents,
+        create_time=timestamp(record.create_time),
+        start_time=timestamp(record.start_time),
+        end_time=timestamp(record.end_time),
+        last_heartbeat_time=timestamp(record.last_heartbeat_time),
+        heartbeat_timeout=duration_pb2.Duration(seconds=record.heartbeat_timeout_seconds),
+    )
+
+
+def _reported(enum: Any, value: int) -> str:
+    if value == 0 or value not in enum.values():
+        raise InvalidArgument("status", "must be set to a status")
+    return str(enum.Name(value)).lower()
+
+
+class RunServicer(runs_pb2_grpc.RunServiceServicer):
+    """RunService over the Runs domain."""
+
+    def __init__(self, domain: MetadataDomain, runs: Runs | None = None) -> None:
+        self._domain = domain
+        self.runs = runs or Runs(domain.store, domain.clock)
+
+    async def CreateRun(self, request: runs_pb2.CreateRunRequest, context: Context) -> runs_pb2.Run:
+        self._domain.workspace.require(request.workspace_id)
+        principal = require_principal()
+        trigger = _TRIGGERS.get(request.trigger.kind)
+        if trigger is None:
+            raise InvalidArgument("trigger.kind", "must be USER, SCHEDULE or DASHBOARD")
+        record, _ = await self.runs.create_run(
+            request.project_id,
+            request.snapshot_id,
+            trigger=trigger,
+            principal=principal_key(principal),
+            orchestrator_run_id=request.orchestrator_run_id,
+            request_id=request.request_id,
+            triggered_by=principal.subject,
+        )
+        await self._domain.ownership.record(principal, "run", record.id, record.project_id)
+        return run_message(record)
+
+    async def GetRun(self, request: runs_pb2.GetRunRequest, context: Context) -> runs_pb2.Run:
+        self._domain.workspace.require(request.workspace_id)
+        return run_message(await self.runs.get_run(request.project_id, request.run_id))
+
+    async def ListRuns(
+        self, request: runs_pb2.ListRunsRequest, context: Context
+    ) -> runs_pb2.ListRunsResponse:
+        self._domain.workspace.require(request.workspace_id)
+        size = page_size(request.page_size)
+        readable = await self._domain.lookup.readable_ids(
+            require_principal(), "run", "read", request.project_id
+        )
+        records, token = await self.runs.list_runs(
+            request.project_id,
+            readable,
+            filter_text=request.filter,
+            order_by=request.order_by,
+            size=size,
+            page_token=request.page_token,
+        )
+        return runs_pb2.ListRunsResponse(
+            runs=[run_message(record) for record in records], next_page_token=token
+        )
+
+    async def DeleteRun(self, request: runs_pb2.DeleteRunRequest, context: Context) -> runs_pb2.Run:
+        self._domain.workspace.require(request.workspace_id)
+        principal = require_principal()
+        record = await self.runs.delete_run(request.project_id, request.run_id)
+        await forget_quietly(self._domain, principal, "run", record.id, record.project_id)
+        return run_message(record)
+
+    async def GetRunDag(self, request: runs_pb2.GetRunDagRequest, context: Context) -> runs_pb2.RunDag:
+        self._domain.workspace.require(request.workspace_id)
+        dag = await self.runs.run_dag(request.project_id, request.run_id)
+        edges = [
+            runs_pb2.RunDagEdge(upstream=parent, downstream=step.name)
+            for step in dag.steps
+            for parent in step.parents
+        ]
+        return runs_pb2.RunDag(
+            run=run_message(dag.run), steps=[step_run_message(step) for step in dag.steps], edges=edges
+        )
+
+    async def ListStepRuns(
+        self, request: runs_pb2.ListStepRunsRequest, context: Context
+    ) -> runs_pb2.ListStepRunsResponse:
+        self._domain.workspace.require(request.workspace_id)
+        size = page_size(request.page_size, maximum=MAX_STEP_PAGE)
+        records, token = await self.runs.list_step_runs(
+            request.project_id,
+            request.run_id,
+            filter_text=request.filter,
+            size=size,
+            page_token=request.page_token,
+        )
+        return runs_pb2.ListStepRunsResponse(
+            step_runs=[step_run_message(record) for record in records], next_page_token=token
+        )
+
+    async def GetStepRun(self, request: runs_pb2.GetStepRunRequest, context: Context) -> runs_pb2.StepRun:
+        self._domain.workspace.require(request.workspace_id)
+        record = await self.runs.get_step_run(request.project_id, request.run_id, request.step_run_id)
+        return step_run_message(record)
+
+    async def UpdateRunStatus(
+        self, request: runs_pb2.UpdateRunStatusRequest, context: Context
+    ) -> runs_pb2.UpdateRunStatusResponse:
+        self._domain.workspace.require(request.workspace_id)
+        principal = require_principal()
+        answer = await self.runs.update_run_status(
+            request.project_id,
+            request.run_id,
+            _reported(runs_pb2.Run.Status, request.status),
+            reason=request.status_reason,
+            orchestrator_run_id=request.orchestrator_run_id,
+            principal=principal_key(principal),
+            request_id=request.request_id,
+        )
+        return runs_pb2.UpdateRunStatusResponse(applied=answer.applied, run=run_message(answer.run))
+
+    async def UpdateStepStatus(
+        self, request: runs_pb2.UpdateStepStatusRequest, context: Context
+    ) -> runs_pb2.UpdateStepStatusResponse:
+        self._domain.workspace.require(request.workspace_id)
+        principal = require_principal()
+        answer = await self.runs.update_step_status(
+            request.project_id,
+            request.run_id,
+            request.step_name,
+            _reported(runs_pb2.StepRun.Status, request.status),
+            reason=request.status_reason,
+            cache_key=request.cache_key,
+            principal=principal_key(principal),
+            request_id=request.request_id,
+        )
+        return runs_pb2.UpdateStepStatusResponse(
+            applied=answer.applied,
+            step_run=step_run_message(answer.step),
+            run_status=_run_status(answer.run_status),  # type: ignore[arg-type]
+        )
+
+    async def SendStepHeartbeat(
+        self, request: runs_pb2.SendStepHeartbeatRequest, context: Context
+    ) -> runs_pb2.SendStepHeartbeatResponse:
+        self._domain.workspace.require(request.workspace_id)
+        principal = require_principal()
+        answer = await self.runs.heartbeat(
+            request.project_id,
+            request.run_id,
+            request.step_name,
+            principal=principal_key(principal),
+            request_id=request.request_id,
+        )
+        return runs_pb2.SendStepHeartbeatResponse(
+            applied=answer.applied,
+            status=_step_status(answer.status),  # type: ignore[arg-type]
+        )

@@ -1,0 +1,308 @@
+"""Models, model versions, stages and links: the rules; no gRPC, no SQL.
+
+Stages: NONE (new), STAGING, PRODUCTION, ARCHIVED; any stage may move to any
+other. At most one version per model is in PRODUCTION: promoting one into
+PRODUCTION moves the previous production version to ARCHIVED in the same
+transaction (ARCHIVED rather than STAGING: a version that served and was
+replaced is retired, and STAGING keeps meaning "candidate"). Promotions of one
+model are serialized by the model row's lock, taken first; the partial unique
+index is the backstop. Moving a version to the stage it is in changes nothing.
+
+Deleting a model deletes its versions, their links and annotations in a
+bounded number of statements (one per table).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.kit.clock import Clock
+from services.kit.errors import AlreadyExists, InvalidArgument, NotFound
+from services.kit.fieldmask import check_etag
+from services.kit.idempotency import recall, remember
+from services.kit.rbac_lookup import Lookup
+from services.metadata import annotation_store as ans
+from services.metadata import artifact_store as ast
+from services.metadata import model_store as st
+from services.metadata.artifact_store import ListQuery
+from services.metadata.model_store import LinkRecord, ModelRecord, ModelVersionRecord
+from services.metadata.pipelines import check_description, check_id, check_name, require_project
+from services.metadata.run_store import runs
+from services.metadata.store import MetadataStore, idempotency, register_project_content_check
+
+UPDATABLE = ("description",)
+# The stage a production version is moved to when another is promoted.
+DEMOTED_STAGE = st.ARCHIVED
+LINK_TARGETS = ("artifact_version", "run")
+
+register_project_content_check(st.project_has_models)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The moved version and the production version it replaced (None when none was)."""
+
+    version: ModelVersionRecord
+    demoted: ModelVersionRecord | None
+
+
+class Models:
+    """Models, versions, stages and links of the projects of this workspace."""
+
+    def __init__(self, store: MetadataStore, clock: Clock, new_id: Callable[[], str] | None = None) -> None:
+        self._store = store
+        self._clock = clock
+        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+
+    async def create_model(
+        self, project_id: str, name: str, description: str, *, principal: str = "", request_id: str = ""
+    ) -> tuple[ModelRecord, bool]:
+        """The new model and whether it was created now (False: a retry of `request_id`)."""
+        check_id(project_id, "project_id")
+        check_name(name, "model.name")
+        check_description(description, "model.description")
+        method = f"CreateModel/{project_id}"
+        async with self._store.transaction() as tx:
+            if request_id:
+                known = await recall(
+                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
+                )
+                if known is not None:
+                    return await self._model(tx.conn, project_id, known.decode()), False
+            await require_project(tx.conn, project_id)
+            now = self._clock.now()
+            record = ModelRecord(self._new_id(), project_id, name, description, 0, now, now, 1)
+            try:
+                await st.insert_model(tx.conn, record)
+            except st.NameTaken:
+                raise AlreadyExists(f"a model named {name!r} exists in the project") from None
+            if request_id:
+                await remember(
+                    tx.conn,
+                    idempotency,
+                    method=method,
+                    principal=principal,
+                    request_id=request_id,
+                    response=record.id.encode(),
+                    now=now,
+                )
+        return record, True
+
+    async def get_model(self, project_id: str, model_id: str) -> ModelRecord:
+        """The model; NOT_FOUND also for another project's."""
+        async with self._store.transaction() as tx:
+            return await self._model(tx.conn, project_id, model_id)
+
+    async def list_models(
+        self, project_id: str, readable: Lookup, query: ListQuery
+    ) -> tuple[list[ModelRecord], str]:
+        """One page of the readable models of a project."""
+        check_id(project_id, "project_id")
+        async with self._store.transaction() as tx:
+            await require_project(tx.conn, project_id)
+            return await st.list_models(tx.conn, project_id, query, readable)
+
+    async def update_model(
+        self, project_id: str, model_id: str, supplied_etag: str, values: Mapping[str, Any]
+    ) -> ModelRecord:
+        """Writes the description (already masked); ABORTED on a stale etag."""
+        if "description" in values:
+            check_description(values["description"], "model.description")
+        async with self._store.transaction() as tx:
+            current = await self._model(tx.conn, project_id, model_id)
+            check_etag(supplied_etag, current.version)
+            await st.update_model(tx.conn, project_id, model_id, values, self._clock.now())
+            return await self._model(tx.conn, project_id, model_id)
+
+    async def delete_model(self, project_id: str, model_id: str, supplied_etag: str) -> int:
+        """Deletes the model, its versions, links and annotations; how many versions went."""
+        async with self._store.transaction() as tx:
+            current = await self._model(tx.conn, project_id, model_id)
+            check_etag(supplied_etag, current.version)
+            await ans.delete_for_targets(
+                tx.conn, "model_version", st.version_ids_of_model(project_id, model_id)
+            )
+            await ans.delete_for_targets(tx.conn, "model", [model_id])
+            return await st.delete_model(tx.conn, project_id, model_id)
+
+    async def create_version(
+        self, project_id: str, model_id: str, description: str, *, principal: str = "", request_id: str = ""
+    ) -> tuple[ModelVersionRecord, bool]:
+        """A new version (stage NONE) numbered atomically; False: a retry of `request_id`."""
+        check_id(project_id, "project_id")
+        check_id(model_id, "model_id")
+        check_description(description, "model_version.description")
+        method = f"CreateModelVersion/{project_id}/{model_id}"
+        async with self._store.transaction() as tx:
+            if request_id:
+                known = await recall(
+                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
+                )
+                if known is not None:
+                    return await self._version(tx.conn, project_id, model_id, known.decode()), False
+            now = self._clock.now()
+            number = await st.next_version_number(tx.conn, project_id, model_id, now)
+            if number is None:
+                raise NotFound("model not found")
+            record = ModelVersionRecord(
+                self._new_id(), project_id, model_id, number, description, st.NONE, now, now, now, 1
+            )
+            await st.insert_version(tx.conn, record)
+            if request_id:
+                await remember(
+                    tx.conn,
+                    idempotency,
+                    method=method,
+                    principal=principal,
+                    request_id=request_id,
+                    response=record.id.encode(),
+                    now=now,
+                )
+        return record, True
+
+    async def get_version(self, project_id: str, model_id: str, version_id: str) -> ModelVersionRecord:
+        """The version; NOT_FOUND also for another model's or project's."""
+        async with self._store.transaction() as tx:
+            return await self._version(tx.conn, project_id, model_id, version_id)
+
+    async def list_versions(
+        self, project_id: str, model_id: str, readable: Lookup, query: ListQuery
+    ) -> tuple[list[ModelVersionRecord], str]:
+        """One page of the readable versions of a model."""
+        check_id(project_id, "project_id")
+        check_id(model_id, "model_id")
+        async with self._store.transaction() as tx:
+            await self._model(tx.conn, project_id, model_id)
+            return await st.list_versions(tx.conn, project_id, model_id, query, readable)
+
+    async def delete_version(self, project_id: str, model_id: str, version_id: str) -> None:
+        """Deletes a version, its links and annotations."""
+        async with self._store.transaction() as tx:
+            if not await st.delete_version(tx.conn, project_id, model_id, version_id):
+                raise NotFound("model version not found")
+            await ans.delete_for_targets(tx.conn, "model_version", [version_id])
+
+    async def promote(
+        self, project_id: str, model_id: str, version_id: str, stage: str, supplied_etag: str = ""
+    ) -> Promotion:
+        """Moves a version to `stage`; into PRODUCTION it archives the previous production one atomically."""
+        check_id(project_id, "project_id")
+        check_id(model_id, "model_id")
+        check_id(version_id, "model_version_id")
+        if stage not in st.STAGES:
+            raise InvalidArgument("stage", "must be NONE, STAGING, PRODUCTION or ARCHIVED")
+        async with self._store.transaction() as tx:
+            now = self._clock.now()
+            # The model's row lock first: concurrent promotions of this model queue here.
+            if not await st.lock_model(tx.conn, project_id, model_id, now):
+                raise NotFound("model not found")
+            current = await self._version(tx.conn, project_id, model_id, version_id)
+            check_etag(supplied_etag, current.version)
+            if current.stage == stage:
+                return Promotion(current, None)
+            demoted = None
+            if stage == st.PRODUCTION:
+                demoted = await st.demote_production(tx.conn, project_id, model_id, DEMOTED_STAGE, now)
+            moved = await st.set_stage(tx.conn, project_id, model_id, version_id, stage, now)
+            return Promotion(moved, demoted)
+
+    async def create_link(
+        self,
+        project_id: str,
+        model_id: str,
+        version_id: str,
+        target_kind: str,
+        target_id: str,
+        name: str,
+        *,
+        principal: str = "",
+        request_id: str = "",
+    ) -> LinkRecord:
+        """Links a version to an artifact version or run of the same project."""
+        if target_kind not in LINK_TARGETS:
+            raise InvalidArgument("link.target", "set artifact_version_id or run_id")
+        check_id(target_id, f"link.{target_kind}_id")
+        if len(name) > 100:
+            raise InvalidArgument("link.name", "must be at most 100 characters")
+        method = f"CreateModelVersionLink/{project_id}/{version_id}"
+        async with self._store.transaction() as tx:
+            if request_id:
+                known = await recall(
+                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
+                )
+                if known is not None:
+                    return await self._link(tx.conn, project_id, version_id, known.decode())
+            await self._version(tx.conn, project_id, model_id, version_id)
+            if not await self._target_exists(tx.conn, project_id, target_kind, target_id):
+                raise NotFound(f"{target_kind.replace('_', ' ')} not found")
+            now = self._clock.now()
+            record = LinkRecord(
+                self._new_id(), project_id, model_id, version_id, target_kind, target_id, name, now
+            )
+            try:
+                await st.insert_link(tx.conn, record)
+            except st.LinkTaken:
+                raise AlreadyExists("the model version already has this link") from None
+            if request_id:
+                await remember(
+                    tx.conn,
+                    idempotency,
+                    method=method,
+                    principal=principal,
+                    request_id=request_id,
+                    response=record.id.encode(),
+                    now=now,
+                )
+        return record
+
+    async def list_links(
+        self, project_id: str, model_id: str, version_id: str, size: int, page_token: str
+    ) -> tuple[list[LinkRecord], str]:
+        """One page of a version's links, oldest first."""
+        async with self._store.transaction() as tx:
+            await self._version(tx.conn, project_id, model_id, version_id)
+            return await st.list_links(tx.conn, project_id, version_id, size, page_token)
+
+    async def delete_link(self, project_id: str, model_id: str, version_id: str, link_id: str) -> None:
+        """Removes one link of a version."""
+        async with self._store.transaction() as tx:
+            await self._version(tx.conn, project_id, model_id, version_id)
+            if not await st.delete_link(tx.conn, project_id, version_id, link_id):
+                raise NotFound("link not found")
+
+    async def _target_exists(self, conn: AsyncConnection, project_id: str, kind: str, target_id: str) -> bool:
+        if kind == "artifact_version":
+            return await ast.get_version(conn, project_id, target_id) is not None
+        found = await conn.scalar(
+            select(runs.c.id).where(runs.c.id == target_id, runs.c.project_id == project_id)
+        )
+        return found is not None
+
+    async def _link(
+        self, conn: AsyncConnection, project_id: str, version_id: str, link_id: str
+    ) -> LinkRecord:
+        links, _ = await st.list_links(conn, project_id, version_id, 500, "")
+        for link in links:
+            if link.id == link_id:
+                return link
+        raise NotFound("link not found")
+
+    async def _model(self, conn: AsyncConnection, project_id: str, model_id: str) -> ModelRecord:
+        found = await st.get_model(conn, project_id, model_id)
+        if found is None:
+            raise NotFound("model not found")
+        return found
+
+    async def _version(
+        self, conn: AsyncConnection, project_id: str, model_id: str, version_id: str
+    ) -> ModelVersionRecord:
+        found = await st.get_version(conn, project_id, model_id, version_id)
+        if found is None:
+            raise NotFound("model version not found")
+        return found

@@ -1,0 +1,399 @@
+"""Tables and queries of runs and step runs (SQLAlchemy Core); no gRPC, no clock, no policy.
+
+Every request-serving query names the project (runs) or the run (steps, whose
+run was found in the project first). Indexes follow the lists: keyset on
+(project_id, create_time, id), (pipeline_id, create_time, id) and
+(project_id, start_time, id); (project_id, status, create_time, id) for the
+status filter; steps by (run_id, position); the heartbeat sweeper by
+(status, heartbeat_deadline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Index,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.kit.db import UtcDateTime
+from services.kit.filtering import FilterField, parse_filter
+from services.kit.pagination import paginate, parse_order_by, query_fingerprint
+from services.kit.rbac_lookup import Lookup, lookup_condition
+from services.metadata import run_states
+from services.metadata.store import metadata
+
+TRIGGERS = ("user", "schedule", "dashboard")
+
+runs = Table(
+    "metadata_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("project_id", String(36), nullable=False),
+    Column("pipeline_id", String(36), nullable=False),
+    Column("snapshot_id", String(36), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", String(1000), nullable=False),
+    Column("orchestrator_run_id", String(256), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("trigger_principal_id", String(255), nullable=False),
+    Column("step_count", Integer, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+    Column("start_time", UtcDateTime, nullable=True),
+    Column("end_time", UtcDateTime, nullable=True),
+    Index("ix_metadata_runs_project_create", "project_id", "create_time", "id"),
+    Index("ix_metadata_runs_pipeline_create", "pipeline_id", "create_time", "id"),
+    Index("ix_metadata_runs_project_start", "project_id", "start_time", "id"),
+    Index("ix_metadata_runs_project_status_create", "project_id", "status", "create_time", "id"),
+    # "Is this snapshot still used?" before a snapshot is deleted.
+    Index("ix_metadata_runs_snapshot", "snapshot_id"),
+)
+
+step_runs = Table(
+    "metadata_step_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("run_id", String(36), nullable=False),
+    Column("project_id", String(36), nullable=False),
+    Column("name", String(100), nullable=False),
+    # Index of the step in the snapshot: the order of lists and DAGs.
+    Column("position", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", String(1000), nullable=False),
+    Column("attempt_count", Integer, nullable=False),
+    Column("cache_key", String(256), nullable=False),
+    # Names of the upstream steps (from the snapshot): the edges of the run DAG.
+    Column("parents", JSON, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+    Column("start_time", UtcDateTime, nullable=True),
+    Column("end_time", UtcDateTime, nullable=True),
+    Column("last_heartbeat_time", UtcDateTime, nullable=True),
+    Column("heartbeat_timeout_seconds", Integer, nullable=False),
+    # last heartbeat + timeout while RUNNING, else NULL: the sweeper compares it with now (portable SQL).
+    Column("heartbeat_deadline", UtcDateTime, nullable=True),
+    UniqueConstraint("run_id", "name", name="uq_metadata_step_runs_run_name"),
+    UniqueConstraint("run_id", "position", name="uq_metadata_step_runs_run_position"),
+    Index("ix_metadata_step_runs_status_deadline", "status", "heartbeat_deadline"),
+)
+
+_STATUS_FILTER = {status.upper(): status for status in run_states.RUN_STATUSES}
+RUN_FILTER: Mapping[str, FilterField] = {
+    "status": FilterField(runs.c.status, "enum", _STATUS_FILTER),
+    "pipeline_id": FilterField(runs.c.pipeline_id, "string"),
+    "snapshot_id": FilterField(runs.c.snapshot_id, "string"),
+    "trigger": FilterField(runs.c.trigger, "enum", {kind.upper(): kind for kind in TRIGGERS}),
+    "create_time": FilterField(runs.c.create_time, "timestamp"),
+    "start_time": FilterField(runs.c.start_time, "timestamp"),
+    "end_time": FilterField(runs.c.end_time, "timestamp"),
+}
+RUN_SORTABLE: Mapping[str, ColumnElement[Any]] = {
+    "create_time": runs.c.create_time,
+    "start_time": runs.c.start_time,
+}
+STEP_FILTER: Mapping[str, FilterField] = {
+    "name": FilterField(step_runs.c.name, "string"),
+    "status": FilterField(
+        step_runs.c.status, "enum", {status.upper(): status for status in run_states.STEP_STATUSES}
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """A row of `metadata_runs`."""
+
+    id: str
+    project_id: str
+    pipeline_id: str
+    snapshot_id: str
+    status: str
+    status_reason: str
+    orchestrator_run_id: str
+    trigger: str
+    trigger_principal_id: str
+    step_count: int
+    create_time: datetime
+    update_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRunRecord:
+    """A row of `metadata_step_runs`."""
+
+    id: str
+    run_id: str
+    project_id: str
+    name: str
+    position: int
+    status: str
+    status_reason: str
+    attempt_count: int
+    cache_key: str
+    parents: tuple[str, ...]
+    create_time: datetime
+    update_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    last_heartbeat_time: datetime | None
+    heartbeat_timeout_seconds: int
+    heartbeat_deadline: datetime | None
+
+
+async def lock_on_sqlite(conn: AsyncConnection, table: Table, row_id: str) -> None:
+    """On SQLite, takes the database write lock before reading a row meant for update.
+
+    SQLite has no FOR UPDATE, and the driver opens its transaction only at the
+    first write, so a plain read-then-write lets two transactions decide on the
+    same stale row. A no-op UPDATE first makes the transaction a writer at
+    once (writers are serialized) and everything it reads afterwards current.
+    PostgreSQL uses the row lock of FOR UPDATE / FOR SHARE instead.
+    """
+    if conn.dialect.name == "sqlite":
+        await conn.execute(update(table).where(table.c.id == row_id).values(id=table.c.id))
+
+
+def _run(row: Row[Any]) -> RunRecord:
+    values = row._mapping
+    return RunRecord(**{name: values[name] for name in RunRecord.__dataclass_fields__})
+
+
+def _step(row: Row[Any]) -> StepRunRecord:
+    values = dict(row._mapping)
+    values["parents"] = tuple(values["parents"])
+    return StepRunRecord(**{name: values[name] for name in StepRunRecord.__dataclass_fields__})
+
+
+async def insert_run(conn: AsyncConnection, run: RunRecord, steps: Sequence[StepRunRecord]) -> None:
+    """Adds a run and all its step runs: one INSERT for the run, one multi-row INSERT for the steps."""
+    await conn.execute(insert(runs).values(**dataclasses.asdict(run)))
+    rows = [{**dataclasses.asdict(step), "parents": list(step.parents)} for step in steps]
+    await conn.execute(insert(step_runs), rows)
+
+
+async def get_run(
+    conn: AsyncConnection, project_id: str, run_id: str, *, for_update: bool = False
+) -> RunRecord | None:
+    """The run, or None (also when it is another project's). `for_update` serializes a run's callbacks."""
+    stmt = select(runs).where(runs.c.project_id == project_id, runs.c.id == run_id)
+    if for_update:
+        await lock_on_sqlite(conn, runs, run_id)
+        stmt = stmt.with_for_update()
+    row = (await conn.execute(stmt)).first()
+    return None if row is None else _run(row)
+
+
+async def list_runs(
+    conn: AsyncConnection,
+    project_id: str,
+    readable: Lookup,
+    *,
+    filter_text: str,
+    order_by: str,
+    size: int,
+    page_token: str,
+) -> tuple[list[RunRecord], str]:
+    """One page of the project's readable runs (one statement)."""
+    order = parse_order_by(order_by, RUN_SORTABLE, tie_breaker=runs.c.id, default="create_time desc")
+    stmt = select(runs).where(
+        runs.c.project_id == project_id, lookup_condition(readable, runs.c.id, runs.c.project_id)
+    )
+    condition = parse_filter(filter_text, RUN_FILTER)
+    if condition is not None:
+        stmt = stmt.where(condition)
+    page = await paginate(
+        conn,
+        stmt,
+        order=order,
+        page_size=size,
+        page_token=page_token,
+        fingerprint=query_fingerprint("ListRuns", filter_text=filter_text, scope=project_id),
+    )
+    return [_run(row) for row in page.rows], page.next_page_token
+
+
+async def update_run(conn: AsyncConnection, run_id: str, values: Mapping[str, Any]) -> RunRecord:
+    """Writes `values` on the run; the run after."""
+    result = await conn.execute(update(runs).where(runs.c.id == run_id).values(**values).returning(*runs.c))
+    return _run(result.one())
+
+
+# What other store modules hold about runs (artifact links, run metadata) and delete with a run:
+# each hook is one bounded statement over the given run ids, in the delete's transaction.
+RunDeletionHook = Callable[[AsyncConnection, Sequence[str]], Awaitable[int]]
+RUN_DELETION_HOOKS: list[RunDeletionHook] = []
+
+
+def register_run_deletion(hook: RunDeletionHook) -> RunDeletionHook:
+    """Adds a hook run when runs are deleted (usable as a decorator)."""
+    if hook not in RUN_DELETION_HOOKS:
+        RUN_DELETION_HOOKS.append(hook)
+    return hook
+
+
+async def delete_run(conn: AsyncConnection, run_id: str) -> int:
+    """Deletes what hooks hold about the run, its steps (one statement) then the run; how many steps went."""
+    for hook in RUN_DELETION_HOOKS:
+        await hook(conn, [run_id])
+    result = await conn.execute(delete(step_runs).where(step_runs.c.run_id == run_id))
+    await conn.execute(delete(runs).where(runs.c.id == run_id))
+    return int(result.rowcount or 0)
+
+
+async def snapshot_has_runs(conn: AsyncConnection, snapshot_id: str) -> bool:
+    """Whether any run uses the snapshot."""
+    return bool(await conn.scalar(select(exists().where(runs.c.snapshot_id == snapshot_id))))
+
+
+async def pipeline_has_runs(conn: AsyncConnection, pipeline_id: str) -> bool:
+    """Whether any run of the pipeline exists."""
+    return bool(await conn.scalar(select(exists().where(runs.c.pipeline_id == pipeline_id))))
+
+
+async def steps_of_run(conn: AsyncConnection, run_id: str) -> list[StepRunRecord]:
+    """Every step run of a run in snapshot order (one statement; at most 1,000 rows)."""
+    result = await conn.execute(
+        select(step_runs).where(step_runs.c.run_id == run_id).order_by(step_runs.c.position)
+    )
+    return [_step(row) for row in result]
+
+
+async def list_step_runs(
+    conn: AsyncConnection, run_id: str, *, filter_text: str, size: int, page_token: str
+) -> tuple[list[StepRunRecord], str]:
+    """One page of a run's step runs in snapshot order."""
+    order = parse_order_by("", {}, tie_breaker=step_runs.c.position, tie_breaker_name="position")
+    stmt = select(step_runs).where(step_runs.c.run_id == run_id)
+    condition = parse_filter(filter_text, STEP_FILTER)
+    if condition is not None:
+        stmt = stmt.where(condition)
+    page = await paginate(
+        conn,
+        stmt,
+        order=order,
+        page_size=size,
+        page_token=page_token,
+        fingerprint=query_fingerprint("ListStepRuns", filter_text=filter_text, scope=run_id),
+    )
+    return [_step(row) for row in page.rows], page.next_page_token
+
+
+async def get_step_run(conn: AsyncConnection, run_id: str, step_run_id: str) -> StepRunRecord | None:
+    """The step run of this run, or None."""
+    row = (
+        await conn.execute(
+            select(step_runs).where(step_runs.c.run_id == run_id, step_runs.c.id == step_run_id)
+        )
+    ).first()
+    return None if row is None else _step(row)
+
+
+async def get_step_by_name(conn: AsyncConnection, run_id: str, name: str) -> StepRunRecord | None:
+    """The step run of this run with this name, or None."""
+    row = (
+        await conn.execute(select(step_runs).where(step_runs.c.run_id == run_id, step_runs.c.name == name))
+    ).first()
+    return None if row is None else _step(row)
+
+
+async def update_step(conn: AsyncConnection, step_id: str, values: Mapping[str, Any]) -> StepRunRecord:
+    """Writes `values` on the step run; the step after."""
+    result = await conn.execute(
+        update(step_runs).where(step_runs.c.id == step_id).values(**values).returning(*step_runs.c)
+    )
+    return _step(result.one())
+
+
+async def record_heartbeat(conn: AsyncConnection, step_id: str, now: datetime, deadline: datetime) -> bool:
+    """Moves a RUNNING step's heartbeat deadline; False when it is no longer RUNNING (a sweep won)."""
+    result = await conn.execute(
+        update(step_runs)
+        .where(step_runs.c.id == step_id, step_runs.c.status == run_states.RUNNING)
+        .values(last_heartbeat_time=now, heartbeat_deadline=deadline)
+    )
+    return bool(result.rowcount)
+
+
+async def step_status_counts(conn: AsyncConnection, run_id: str) -> list[tuple[str, int]]:
+    """(status, count) of a run's steps."""
+    result = await conn.execute(
+        select(step_runs.c.status, func.count())
+        .where(step_runs.c.run_id == run_id)
+        .group_by(step_runs.c.status)
+    )
+    return [(row[0], int(row[1])) for row in result]
+
+
+async def stop_open_steps(conn: AsyncConnection, run_id: str, reason: str, now: datetime) -> int:
+    """Every non-terminal step of a run becomes STOPPED (one bounded UPDATE); how many."""
+    result = await conn.execute(
+        update(step_runs)
+        .where(step_runs.c.run_id == run_id, step_runs.c.status.not_in(sorted(run_states.TERMINAL)))
+        .values(
+            status=run_states.STOPPED,
+            status_reason=reason,
+            end_time=now,
+            update_time=now,
+            heartbeat_deadline=None,
+        )
+    )
+    return int(result.rowcount or 0)
+
+
+async def fail_silent_steps(conn: AsyncConnection, now: datetime, reason: str, limit: int) -> list[str]:
+    """RUNNING steps past their heartbeat deadline become FAILED, at most `limit`; their runs' ids.
+
+    One UPDATE whose WHERE repeats the condition, so a heartbeat committed
+    meanwhile or a replica sweeping at once makes a row simply not match;
+    SKIP LOCKED lets concurrent sweepers share the work on PostgreSQL.
+    """
+    silent = and_(step_runs.c.status == run_states.RUNNING, step_runs.c.heartbeat_deadline < now)
+    batch = (
+        select(step_runs.c.id)
+        .where(silent)
+        .order_by(step_runs.c.heartbeat_deadline, step_runs.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("silent_steps")
+        .prefix_with("MATERIALIZED")
+    )
+    result = await conn.execute(
+        update(step_runs)
+        .where(step_runs.c.id.in_(select(batch.c.id)), silent)
+        .values(
+            status=run_states.FAILED,
+            status_reason=reason,
+            end_time=now,
+            update_time=now,
+            heartbeat_deadline=None,
+        )
+        .returning(step_runs.c.run_id, step_runs.c.project_id)
+    )
+    return sorted({row.run_id for row in result})
+
+
+async def project_of_run(conn: AsyncConnection, run_id: str) -> str | None:
+    """The project of a run (for the sweeper, which serves no request)."""
+    return await conn.scalar(select(runs.c.project_id).where(runs.c.id == run_id))

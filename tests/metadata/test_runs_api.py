@@ -1,0 +1,260 @@
+"""PipelineService and RunService through the real workspace server (real authn, RBAC and orgs)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from sqlalchemy import insert
+
+from keel.metadata.v1 import pipelines_pb2 as pp
+from keel.metadata.v1 import pipelines_pb2_grpc as pp_grpc
+from keel.metadata.v1 import runs_pb2 as rp
+from keel.metadata.v1 import runs_pb2_grpc as rp_grpc
+from services.kit.status import rich_status_of
+from services.metadata.store import stacks
+from tests.metadata.conftest import MetadataStack
+
+Status = rp.Run.Status
+StepStatus = rp.StepRun.Status
+
+
+def _field_of(error: grpc.aio.AioRpcError) -> str:
+    status = rich_status_of(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return str(bad.field_violations[0].field)
+    raise AssertionError("no BadRequest detail")
+
+
+async def _stack_id(stack: MetadataStack) -> str:
+    """A workspace stack row (stacks are M1's; written directly to keep this test about runs)."""
+    stack_id = str(uuid.uuid4())
+    now = stack.clock.now()
+    async with stack.service.domain.store.transaction() as tx:
+        await tx.conn.execute(
+            insert(stacks).values(
+                id=stack_id,
+                name=f"s-{secrets.token_hex(3)}",
+                description="",
+                create_time=now,
+                update_time=now,
+                version=1,
+            )
+        )
+    return stack_id
+
+
+def _diamond(stack_id: str) -> pp.Snapshot:
+    def step(name: str, *upstream: str) -> pp.StepSpec:
+        return pp.StepSpec(name=name, image="python:3.11", upstream_steps=upstream)
+
+    return pp.Snapshot(
+        stack_id=stack_id,
+        steps=[
+            step("load"),
+            step("train", "load"),
+            step("features", "load"),
+            step("evaluate", "train", "features"),
+        ],
+    )
+
+
+async def test_pipeline_snapshot_and_run_lifecycle(metadata_stack: MetadataStack) -> None:
+    stack = metadata_stack
+    owner = stack.owner.metadata
+    ws = stack.workspace_id
+    pipelines = pp_grpc.PipelineServiceStub(stack.channel)
+    runs = rp_grpc.RunServiceStub(stack.channel)
+    project = await stack.project()
+    stack_id = await _stack_id(stack)
+
+    pipeline = await pipelines.CreatePipeline(
+        pp.CreatePipelineRequest(
+            workspace_id=ws, project_id=project.id, pipeline=pp.Pipeline(name="training")
+        ),
+        metadata=owner,
+    )
+    assert (pipeline.name, pipeline.etag) == ("training", '"1"')
+    with pytest.raises(grpc.aio.AioRpcError) as other_workspace:
+        await pipelines.GetPipeline(
+            pp.GetPipelineRequest(
+                workspace_id=str(uuid.uuid4()), project_id=project.id, pipeline_id=pipeline.id
+            ),
+            metadata=owner,
+        )
+    assert other_workspace.value.code() == grpc.StatusCode.NOT_FOUND
+
+    cyclic = _diamond(stack_id)
+    cyclic.steps[0].upstream_steps.append("evaluate")
+    with pytest.raises(grpc.aio.AioRpcError) as cycle:
+        await pipelines.CreateSnapshot(
+            pp.CreateSnapshotRequest(
+                workspace_id=ws, project_id=project.id, pipeline_id=pipeline.id, snapshot=cyclic
+            ),
+            metadata=owner,
+        )
+    assert cycle.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _field_of(cycle.value) == "snapshot.steps"
+    assert "cycle" in (cycle.value.details() or "")
+
+    snapshot = await pipelines.CreateSnapshot(
+        pp.CreateSnapshotRequest(
+            workspace_id=ws, project_id=project.id, pipeline_id=pipeline.id, snapshot=_diamond(stack_id)
+        ),
+        metadata=owner,
+    )
+    assert snapshot.step_count == 4
+    assert snapshot.steps[0].heartbeat_timeout.seconds == 600
+
+    create = rp.CreateRunRequest(
+        workspace_id=ws,
+        project_id=project.id,
+        snapshot_id=snapshot.id,
+        trigger=rp.RunTrigger(kind=rp.RunTrigger.SCHEDULE),
+        request_id="run-1",
+    )
+    run = await runs.CreateRun(create, metadata=owner)
+    assert await runs.CreateRun(create, metadata=owner) == run
+    assert (run.status, run.trigger.kind, run.trigger.principal_id) == (
+        Status.INITIALIZING,
+        rp.RunTrigger.SCHEDULE,
+        stack.owner.id,
+    )
+
+    def step_update(name: str, status: int, request_id: str) -> rp.UpdateStepStatusRequest:
+        return rp.UpdateStepStatusRequest(
+            workspace_id=ws,
+            project_id=project.id,
+            run_id=run.id,
+            step_name=name,
+            status=status,  # type: ignore[arg-type]
+            request_id=request_id,
+        )
+
+    started = await runs.UpdateStepStatus(step_update("load", StepStatus.RUNNING, "a"), metadata=owner)
+    assert (started.applied, started.run_status, started.step_run.attempt_count) == (True, Status.RUNNING, 1)
+    beat = await runs.SendStepHeartbeat(
+        rp.SendStepHeartbeatRequest(workspace_id=ws, project_id=project.id, run_id=run.id, step_name="load"),
+        metadata=owner,
+    )
+    assert (beat.applied, beat.status) == (True, StepStatus.RUNNING)
+    for number, name in enumerate(["load", "train", "features", "evaluate"]):
+        done = await runs.UpdateStepStatus(
+            step_update(name, StepStatus.COMPLETED, f"done-{number}"), metadata=owner
+        )
+        assert done.applied
+    assert done.run_status == Status.COMPLETED
+    late = await runs.UpdateStepStatus(step_update("load", StepStatus.RUNNING, "late"), metadata=owner)
+    assert (late.applied, late.step_run.status) == (False, StepStatus.COMPLETED)
+    late_run = await runs.UpdateRunStatus(
+        rp.UpdateRunStatusRequest(
+            workspace_id=ws, project_id=project.id, run_id=run.id, status=Status.RUNNING, request_id="r-late"
+        ),
+        metadata=owner,
+    )
+    assert (late_run.applied, late_run.run.status) == (False, Status.COMPLETED)
+
+    dag = await runs.GetRunDag(
+        rp.GetRunDagRequest(workspace_id=ws, project_id=project.id, run_id=run.id), metadata=owner
+    )
+    assert [step.name for step in dag.steps] == ["load", "train", "features", "evaluate"]
+    assert {(edge.upstream, edge.downstream) for edge in dag.edges} == {
+        ("load", "train"),
+        ("load", "features"),
+        ("train", "evaluate"),
+        ("features", "evaluate"),
+    }
+    listed = await runs.ListRuns(
+        rp.ListRunsRequest(
+            workspace_id=ws,
+            project_id=project.id,
+            filter=f'status = "COMPLETED" AND pipeline_id = "{pipeline.id}"',
+        ),
+        metadata=owner,
+    )
+    assert [r.id for r in listed.runs] == [run.id]
+    steps = await runs.ListStepRuns(
+        rp.ListStepRunsRequest(workspace_id=ws, project_id=project.id, run_id=run.id, page_size=3),
+        metadata=owner,
+    )
+    assert len(steps.step_runs) == 3
+    assert steps.next_page_token
+
+    with pytest.raises(grpc.aio.AioRpcError) as has_runs:
+        await pipelines.DeletePipeline(
+            pp.DeletePipelineRequest(workspace_id=ws, project_id=project.id, pipeline_id=pipeline.id),
+            metadata=owner,
+        )
+    assert has_runs.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await runs.DeleteRun(
+        rp.DeleteRunRequest(workspace_id=ws, project_id=project.id, run_id=run.id), metadata=owner
+    )
+    await pipelines.DeletePipeline(
+        pp.DeletePipelineRequest(workspace_id=ws, project_id=project.id, pipeline_id=pipeline.id),
+        metadata=owner,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await runs.GetRun(
+            rp.GetRunRequest(workspace_id=ws, project_id=project.id, run_id=run.id), metadata=owner
+        )
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_roles_govern_runs_and_callbacks(metadata_stack: MetadataStack) -> None:
+    stack = metadata_stack
+    ws = stack.workspace_id
+    pipelines = pp_grpc.PipelineServiceStub(stack.channel)
+    runs = rp_grpc.RunServiceStub(stack.channel)
+    project = await stack.project()
+    other_project = await stack.project()
+    stack_id = await _stack_id(stack)
+    editor = await stack.user_with_role("project_editor", project.id)
+    viewer = await stack.user_with_role("project_viewer", project.id)
+    outsider = await stack.member()
+
+    pipeline = await pipelines.CreatePipeline(
+        pp.CreatePipelineRequest(workspace_id=ws, project_id=project.id, pipeline=pp.Pipeline(name="p")),
+        metadata=editor.metadata,
+    )
+    snapshot = await pipelines.CreateSnapshot(
+        pp.CreateSnapshotRequest(
+            workspace_id=ws, project_id=project.id, pipeline_id=pipeline.id, snapshot=_diamond(stack_id)
+        ),
+        metadata=editor.metadata,
+    )
+    run = await runs.CreateRun(
+        rp.CreateRunRequest(workspace_id=ws, project_id=project.id, snapshot_id=snapshot.id),
+        metadata=editor.metadata,
+    )
+    assert run.trigger.principal_id == editor.id
+
+    listed = await runs.ListRuns(
+        rp.ListRunsRequest(workspace_id=ws, project_id=project.id), metadata=viewer.metadata
+    )
+    assert [r.id for r in listed.runs] == [run.id]
+    report = rp.UpdateRunStatusRequest(
+        workspace_id=ws, project_id=project.id, run_id=run.id, status=Status.QUEUED, request_id="q"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as viewer_report:
+        await runs.UpdateRunStatus(report, metadata=viewer.metadata)
+    assert viewer_report.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await runs.UpdateRunStatus(report, metadata=editor.metadata)).applied
+    with pytest.raises(grpc.aio.AioRpcError) as outsider_list:
+        await runs.ListRuns(
+            rp.ListRunsRequest(workspace_id=ws, project_id=project.id), metadata=outsider.metadata
+        )
+    assert outsider_list.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A run named under another project is not found there, even for the organization admin.
+    with pytest.raises(grpc.aio.AioRpcError) as elsewhere:
+        await runs.GetRun(
+            rp.GetRunRequest(workspace_id=ws, project_id=other_project.id, run_id=run.id),
+            metadata=stack.owner.metadata,
+        )
+    assert elsewhere.value.code() == grpc.StatusCode.NOT_FOUND
