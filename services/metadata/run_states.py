@@ -35,6 +35,8 @@ RETRYING = "retrying"
 
 TERMINAL = frozenset({COMPLETED, FAILED, STOPPED, CACHED})
 RUN_STATUSES = (INITIALIZING, PROVISIONING, QUEUED, RUNNING, COMPLETED, FAILED, STOPPING, STOPPED, CACHED)
+# The statuses a run can still leave, sorted (a partial index covers the runs in them).
+OPEN_RUN_STATUSES = tuple(sorted(set(RUN_STATUSES) - TERMINAL))
 STEP_STATUSES = (*RUN_STATUSES, RETRYING)
 
 _RANK = {

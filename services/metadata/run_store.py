@@ -68,6 +68,13 @@ runs = Table(
     # "Is this snapshot still used?" before a snapshot is deleted.
     Index("ix_metadata_runs_snapshot", "snapshot_id"),
 )
+# Open runs only (few of millions): the sweeper's repair of runs behind their steps reads them.
+Index(
+    "ix_metadata_runs_open",
+    runs.c.id,
+    postgresql_where=runs.c.status.in_(run_states.OPEN_RUN_STATUSES),
+    sqlite_where=runs.c.status.in_(run_states.OPEN_RUN_STATUSES),
+)
 
 step_runs = Table(
     "metadata_step_runs",
@@ -360,6 +367,26 @@ async def stop_open_steps(conn: AsyncConnection, run_id: str, reason: str, now: 
         )
     )
     return int(result.rowcount or 0)
+
+
+async def runs_behind_their_steps(conn: AsyncConnection, limit: int) -> list[str]:
+    """Ids of open runs every step of which has ended (at most `limit`): runs that missed following.
+
+    A sweep fails steps and then moves their runs in separate transactions; a crash between
+    the two leaves such a run, and the next sweep repairs it.
+    """
+    open_step = (
+        select(step_runs.c.id)
+        .where(step_runs.c.run_id == runs.c.id, step_runs.c.status.not_in(sorted(run_states.TERMINAL)))
+        .exists()
+    )
+    rows = await conn.execute(
+        select(runs.c.id)
+        .where(runs.c.status.in_(run_states.OPEN_RUN_STATUSES), ~open_step)
+        .order_by(runs.c.id)
+        .limit(limit)
+    )
+    return [row.id for row in rows]
 
 
 async def fail_silent_steps(conn: AsyncConnection, now: datetime, reason: str, limit: int) -> list[str]:

@@ -373,6 +373,9 @@ class Runs:
         now = self._clock.now()
         async with self._store.transaction() as tx:
             run_ids = await rs.fail_silent_steps(tx.conn, now, SILENT_STEP_REASON, limit)
+            # Runs an earlier sweep failed the steps of but did not get to move (a crash between).
+            behind = await rs.runs_behind_their_steps(tx.conn, limit)
+        run_ids = sorted(set(run_ids) | set(behind))
         for run_id in run_ids:
             async with self._store.transaction() as tx:
                 project_id = await rs.project_of_run(tx.conn, run_id)

@@ -237,36 +237,6 @@ async def test_forgetting_a_run_drops_its_links_and_annotations(metadata_store: 
     await artifacts.delete_version(run.project_id, made.versions[0].artifact_id, made.versions[0].id)
 
 
-def _diff_of_mine(connection: Any) -> list[object]:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from services.metadata.store import metadata
-
-    mine = (
-        "metadata_artifacts",
-        "metadata_artifact_versions",
-        "metadata_step_artifacts",
-        "metadata_models",
-        "metadata_model_versions",
-        "metadata_model_version_links",
-        "metadata_entries",
-        "metadata_tags",
-        "metadata_log_pointers",
-    )
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return [
-        d
-        for d in compare_metadata(context, metadata)
-        if any(f"'{name}'" in repr(d) or f"<{name}>" in repr(d) for name in mine)
-    ]
-
-
-async def test_migration_0003_matches_the_store_tables(metadata_store: MetadataStore) -> None:
-    async with metadata_store.engine.connect() as conn:
-        assert await conn.run_sync(_diff_of_mine) == []
-
-
 async def test_concurrent_outputs_share_one_new_artifact(metadata_store: MetadataStore) -> None:
     clock = ManualClock()
     run = await project_with_run(metadata_store, clock)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from services.metadata import run_states as s
+from services.metadata import run_store as rs
 from services.metadata.run_sweeper import RunSweeper
 from services.metadata.runs import SILENT_STEP_REASON, Runs
 from services.metadata.store import MetadataStore
@@ -67,6 +68,26 @@ async def test_a_run_whose_last_open_step_goes_silent_fails(
     await RunSweeper(runs).sweep_once()
     run = await runs.get_run(project_id, run_id)
     assert (run.status, run.end_time) == (s.FAILED, clock.now())
+
+
+async def test_a_run_left_behind_its_ended_steps_is_repaired_by_the_next_sweep(
+    metadata_store: MetadataStore, clock: ManualClock
+) -> None:
+    runs, project_id, run_id = await running_run(metadata_store, clock)
+    for name in ("train", "features", "evaluate"):
+        await runs.update_step_status(project_id, run_id, name, s.CACHED, principal="o", request_id=name)
+    clock.advance(seconds=61)
+    # A sweep that failed the silent step and crashed before moving its run: only the step moved.
+    async with metadata_store.transaction() as tx:
+        failed = await rs.fail_silent_steps(tx.conn, clock.now(), SILENT_STEP_REASON, 10)
+    stuck = await runs.get_run(project_id, run_id)
+
+    repaired = await RunSweeper(runs).sweep_once()
+    run = await runs.get_run(project_id, run_id)
+    again = await RunSweeper(runs).sweep_once()
+
+    assert (failed, stuck.status) == ([run_id], s.RUNNING)
+    assert (repaired, run.status, again) == (1, s.FAILED, 0)
 
 
 async def test_concurrent_sweepers_fail_each_step_once(
