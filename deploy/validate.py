@@ -1,8 +1,9 @@
 """Checks the deploy/ manifests without a cluster: every YAML parses, every object names its kind.
 
 Run by `make lint`; no Docker engine or Kubernetes API server is needed (or available) in CI.
-Also checks that each kustomization lists files that exist and that every container
-runs as non-root with a read-only root filesystem and gRPC probes where it serves.
+Also checks that each kustomization lists files that exist, that every container (init
+containers included) runs as non-root with a read-only root filesystem and resource limits,
+that every serving container has gRPC probes, and that Secret volumes give others nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def workload_problems(obj: dict[str, Any]) -> Iterator[str]:
     name = f"{obj['kind']}/{obj['metadata']['name']}"
     spec = pod_spec(obj)
     pod_security = spec.get("securityContext", {})
-    for container in spec.get("containers", []):
+    containers = [(False, c) for c in spec.get("initContainers", [])]
+    containers += [(True, c) for c in spec.get("containers", [])]
+    for serving, container in containers:
         security = {**pod_security, **container.get("securityContext", {})}
         where = f"{name} container {container.get('name')}"
         if security.get("runAsNonRoot") is not True:
@@ -42,10 +45,15 @@ def workload_problems(obj: dict[str, Any]) -> Iterator[str]:
             yield f"{where}: readOnlyRootFilesystem must be true"
         if "resources" not in container or "limits" not in container["resources"]:
             yield f"{where}: resources.requests/limits are required"
-        if obj["kind"] == "Deployment":
+        if obj["kind"] == "Deployment" and serving:
             for probe in ("readinessProbe", "livenessProbe"):
                 if "grpc" not in container.get(probe, {}):
                     yield f"{where}: {probe} must be a native grpc probe"
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            mode = volume["secret"].get("defaultMode")
+            if not isinstance(mode, int) or mode & 0o007:
+                yield f"{name} volume {volume.get('name')}: Secret defaultMode must give others nothing"
 
 
 def kustomization_problems(path: pathlib.Path, doc: dict[str, Any]) -> Iterator[str]:
