@@ -184,7 +184,23 @@ def keyset_after(order: OrderBy, values: Sequence[Any]) -> ColumnElement[bool]:
     for key, value in zip(order.keys, values, strict=True):
         alternatives.append(and_(*equal_so_far, _beyond(key, value)))
         equal_so_far.append(key.column.is_(None) if value is None else key.column == value)
-    return or_(*alternatives)
+    bound = _leading_bound(order.keys[0], values[0]) if order.keys else None
+    return or_(*alternatives) if bound is None else and_(bound, or_(*alternatives))
+
+
+def _leading_bound(key: OrderKey, value: Any) -> ColumnElement[bool] | None:
+    # Implied by the alternatives, but a plain range an index scan can start from: with the OR
+    # alone PostgreSQL filtered, so a page N pages deep read every row before it.
+    if value is None:
+        return None
+    bound: ColumnElement[bool]
+    if key.descending:
+        bound = key.column <= value  # NULLs sort first in descending order: none come after a value
+    elif getattr(key.column, "nullable", True):
+        return None
+    else:
+        bound = key.column >= value
+    return bound
 
 
 def _beyond(key: OrderKey, value: Any) -> ColumnElement[bool]:

@@ -8,6 +8,7 @@ always the caller, never a client-supplied id.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from services.metadata.api_pipelines import timestamp
 from services.metadata.domain import MetadataDomain, forget_quietly, principal_key
 from services.metadata.run_store import RunRecord, StepRunRecord
 from services.metadata.runs import Runs
+from services.metadata.watch import CHANGE, DELETED, HEARTBEAT, SNAPSHOT, ChangeHub, Watches, WatchEvent
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -95,9 +97,13 @@ def _reported(enum: Any, value: int) -> str:
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
     """RunService over the Runs domain."""
 
-    def __init__(self, domain: MetadataDomain, runs: Runs | None = None) -> None:
+    def __init__(
+        self, domain: MetadataDomain, runs: Runs | None = None, hub: ChangeHub | None = None
+    ) -> None:
         self._domain = domain
-        self.runs = runs or Runs(domain.store, domain.clock)
+        self.hub = hub or ChangeHub()
+        self.runs = runs or Runs(domain.store, domain.clock, notify=self.hub.notify)
+        self.watches = Watches(domain.store, self.hub)
 
     async def CreateRun(self, request: runs_pb2.CreateRunRequest, context: Context) -> runs_pb2.Run:
         self._domain.workspace.require(request.workspace_id)
@@ -234,3 +240,47 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             applied=answer.applied,
             status=_step_status(answer.status),  # type: ignore[arg-type]
         )
+
+    async def WatchRun(
+        self, request: runs_pb2.WatchRunRequest, context: Context
+    ) -> AsyncIterator[runs_pb2.RunEvent]:
+        self._domain.workspace.require(request.workspace_id)
+        events = self.watches.watch_run(request.project_id, request.run_id, request.after_cursor)
+        async for event in events:
+            yield event_message(event)
+
+    async def WatchRuns(
+        self, request: runs_pb2.WatchRunsRequest, context: Context
+    ) -> AsyncIterator[runs_pb2.RunEvent]:
+        self._domain.workspace.require(request.workspace_id)
+        principal = require_principal()
+
+        async def readable() -> Any:
+            return await self._domain.lookup.readable_ids(principal, "run", "read", request.project_id)
+
+        events = self.watches.watch_runs(
+            request.project_id, readable, request.after_cursor, filter_text=request.filter
+        )
+        async for event in events:
+            yield event_message(event)
+
+
+_EVENT_KINDS = {
+    CHANGE: runs_pb2.RunEvent.CHANGE,
+    DELETED: runs_pb2.RunEvent.DELETED,
+    HEARTBEAT: runs_pb2.RunEvent.HEARTBEAT,
+    SNAPSHOT: runs_pb2.RunEvent.SNAPSHOT,
+}
+
+
+def event_message(event: WatchEvent) -> runs_pb2.RunEvent:
+    """The RunEvent message of a watch event."""
+    message = runs_pb2.RunEvent(kind=_EVENT_KINDS[event.kind], cursor=event.cursor)
+    if event.run is not None:
+        message.run.CopyFrom(run_message(event.run))
+    if event.step is not None:
+        message.step_run.CopyFrom(step_run_message(event.step))
+    stamp = timestamp(event.change_time)
+    if stamp is not None:
+        message.change_time.CopyFrom(stamp)
+    return message

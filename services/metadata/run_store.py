@@ -76,6 +76,17 @@ Index(
     sqlite_where=runs.c.status.in_(run_states.OPEN_RUN_STATUSES),
 )
 
+# Newest runs of a pipeline in one status, in ListRuns' exact order (create_time desc, id asc): the
+# plain (..., create_time, id) indexes cannot give that mixed order, so PostgreSQL sorted every match.
+Index(
+    "ix_metadata_runs_project_pipeline_status_create",
+    runs.c.project_id,
+    runs.c.pipeline_id,
+    runs.c.status,
+    runs.c.create_time.desc(),
+    runs.c.id,
+)
+
 step_runs = Table(
     "metadata_step_runs",
     metadata,
@@ -353,8 +364,10 @@ async def step_status_counts(conn: AsyncConnection, run_id: str) -> list[tuple[s
     return [(row[0], int(row[1])) for row in result]
 
 
-async def stop_open_steps(conn: AsyncConnection, run_id: str, reason: str, now: datetime) -> int:
-    """Every non-terminal step of a run becomes STOPPED (one bounded UPDATE); how many."""
+async def stop_open_steps(
+    conn: AsyncConnection, run_id: str, reason: str, now: datetime
+) -> list[StepRunRecord]:
+    """Every non-terminal step of a run becomes STOPPED (one bounded UPDATE); those steps after."""
     result = await conn.execute(
         update(step_runs)
         .where(step_runs.c.run_id == run_id, step_runs.c.status.not_in(sorted(run_states.TERMINAL)))
@@ -365,8 +378,9 @@ async def stop_open_steps(conn: AsyncConnection, run_id: str, reason: str, now: 
             update_time=now,
             heartbeat_deadline=None,
         )
+        .returning(*step_runs.c)
     )
-    return int(result.rowcount or 0)
+    return sorted((_step(row) for row in result), key=lambda step: step.position)
 
 
 async def runs_behind_their_steps(conn: AsyncConnection, limit: int) -> list[str]:
@@ -390,7 +404,14 @@ async def runs_behind_their_steps(conn: AsyncConnection, limit: int) -> list[str
 
 
 async def fail_silent_steps(conn: AsyncConnection, now: datetime, reason: str, limit: int) -> list[str]:
-    """RUNNING steps past their heartbeat deadline become FAILED, at most `limit`; their runs' ids.
+    """RUNNING steps past their heartbeat deadline become FAILED, at most `limit`; their runs' ids."""
+    return sorted({step.run_id for step in await fail_silent_step_records(conn, now, reason, limit)})
+
+
+async def fail_silent_step_records(
+    conn: AsyncConnection, now: datetime, reason: str, limit: int
+) -> list[StepRunRecord]:
+    """RUNNING steps past their heartbeat deadline become FAILED, at most `limit`; those steps after.
 
     One UPDATE whose WHERE repeats the condition, so a heartbeat committed
     meanwhile or a replica sweeping at once makes a row simply not match;
@@ -416,9 +437,17 @@ async def fail_silent_steps(conn: AsyncConnection, now: datetime, reason: str, l
             update_time=now,
             heartbeat_deadline=None,
         )
-        .returning(step_runs.c.run_id, step_runs.c.project_id)
+        .returning(*step_runs.c)
     )
-    return sorted({row.run_id for row in result})
+    return sorted((_step(row) for row in result), key=lambda step: (step.run_id, step.position))
+
+
+async def runs_by_id(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+    """The runs with these ids, by id (the sweeper's change log needs each failed step's run)."""
+    if not run_ids:
+        return {}
+    rows = await conn.execute(select(runs).where(runs.c.id.in_(sorted(set(run_ids)))))
+    return {row.id: _run(row) for row in rows}
 
 
 async def project_of_run(conn: AsyncConnection, run_id: str) -> str | None:

@@ -9,6 +9,10 @@ gets back unchanged together with the current state.
 
 When a run reaches a terminal status by a callback, its steps still open are
 STOPPED in one statement, so nothing of a finished run waits on heartbeats.
+
+Every status change (and a run's creation and deletion) is appended to the
+change log (run_changes) last in its transaction; after the commit `notify`
+wakes this process's watchers (other replicas hear PostgreSQL's NOTIFY).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from services.kit.idempotency import recall, remember, validate_request_id
 from services.kit.rbac_lookup import Lookup
 from services.metadata import artifact_store
 from services.metadata import pipeline_store as ps
+from services.metadata import run_changes as rc
 from services.metadata import run_states as states
 from services.metadata import run_store as rs
 from services.metadata.pipelines import check_id
@@ -92,10 +97,22 @@ def _check_request_id(value: str) -> str:
 class Runs:
     """Runs and step runs of the projects of this workspace."""
 
-    def __init__(self, store: MetadataStore, clock: Clock, new_id: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        clock: Clock,
+        new_id: Callable[[], str] | None = None,
+        notify: Callable[[int], None] | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self._notify = notify
+
+    def _wake(self, last: int | None) -> None:
+        """After a commit that logged changes: wakes this process's watchers."""
+        if last is not None and self._notify is not None:
+            self._notify(last)
 
     async def create_run(
         self,
@@ -184,6 +201,10 @@ class Runs:
                     response=run.id.encode(),
                     now=now,
                 )
+            changes = rc.ChangeBatch()
+            changes.run(run)
+            last = await changes.record(tx.conn, now)
+        self._wake(last)
         return run, True
 
     async def get_run(self, project_id: str, run_id: str) -> RunRecord:
@@ -219,6 +240,10 @@ class Runs:
         async with self._store.transaction() as tx:
             run = await _run_or_not_found(tx.conn, project_id, run_id, for_update=True)
             await rs.delete_run(tx.conn, run_id)
+            changes = rc.ChangeBatch()
+            changes.run(run, rc.DELETED)
+            last = await changes.record(tx.conn, self._clock.now())
+        self._wake(last)
         return run
 
     async def run_dag(self, project_id: str, run_id: str) -> RunDag:
@@ -281,11 +306,17 @@ class Runs:
                 values.update(_run_transition(run, status, reason, now))
             if values:
                 run = await rs.update_run(tx.conn, run_id, {**values, "update_time": now})
+            changes = rc.ChangeBatch()
+            if applied:
+                changes.run(run)
             if applied and states.is_terminal(status):
-                await rs.stop_open_steps(tx.conn, run_id, f"the run ended {status.upper()}", now)
+                stopped = await rs.stop_open_steps(tx.conn, run_id, f"the run ended {status.upper()}", now)
+                changes.steps(run, stopped)
             await remember(
                 tx.conn, idempotency, **key, response=json.dumps({"applied": applied}).encode(), now=now
             )
+            last = await changes.record(tx.conn, now)
+        self._wake(last)
         return RunUpdate(applied, run)
 
     async def update_step_status(
@@ -322,15 +353,19 @@ class Runs:
                 return StepUpdate(bool(json.loads(first)["applied"]), step, run.status)
             now = self._clock.now()
             applied = states.step_transition_applies(step.status, status)
+            changes = rc.ChangeBatch()
             if applied:
                 values = _step_transition(step, status, reason, now)
                 if cache_key:
                     values["cache_key"] = cache_key
                 step = await rs.update_step(tx.conn, step.id, values)
-                run = await _follow_steps(tx.conn, run, now)
+                changes.step(run, step)
+                run = await _follow_steps(tx.conn, run, now, changes)
             await remember(
                 tx.conn, idempotency, **key, response=json.dumps({"applied": applied}).encode(), now=now
             )
+            last = await changes.record(tx.conn, now)
+        self._wake(last)
         return StepUpdate(applied, step, run.status)
 
     async def heartbeat(
@@ -372,9 +407,16 @@ class Runs:
         """
         now = self._clock.now()
         async with self._store.transaction() as tx:
-            run_ids = await rs.fail_silent_steps(tx.conn, now, SILENT_STEP_REASON, limit)
+            failed = await rs.fail_silent_step_records(tx.conn, now, SILENT_STEP_REASON, limit)
+            run_ids = sorted({step.run_id for step in failed})
             # Runs an earlier sweep failed the steps of but did not get to move (a crash between).
             behind = await rs.runs_behind_their_steps(tx.conn, limit)
+            changes = rc.ChangeBatch()
+            of_run = await rs.runs_by_id(tx.conn, run_ids)
+            for step in failed:
+                changes.step(of_run[step.run_id], step)
+            last = await changes.record(tx.conn, now)
+        self._wake(last)
         run_ids = sorted(set(run_ids) | set(behind))
         for run_id in run_ids:
             async with self._store.transaction() as tx:
@@ -382,8 +424,11 @@ class Runs:
                 if project_id is None:
                     continue
                 run = await rs.get_run(tx.conn, project_id, run_id, for_update=True)
+                changes = rc.ChangeBatch()
                 if run is not None:
-                    await _follow_steps(tx.conn, run, now)
+                    await _follow_steps(tx.conn, run, now, changes)
+                last = await changes.record(tx.conn, now)
+            self._wake(last)
         return len(run_ids)
 
 
@@ -411,15 +456,17 @@ def _step_transition(step: StepRunRecord, status: str, reason: str, now: Any) ->
     return values
 
 
-async def _follow_steps(conn: AsyncConnection, run: RunRecord, now: Any) -> RunRecord:
+async def _follow_steps(
+    conn: AsyncConnection, run: RunRecord, now: Any, changes: rc.ChangeBatch
+) -> RunRecord:
     counts = states.StepCounts.of(await rs.step_status_counts(conn, run.id))
     target = states.run_status_from_steps(run.status, counts)
     if target is None:
         return run
     reason = "a step failed" if target == states.FAILED else ""
-    return await rs.update_run(
-        conn, run.id, {**_run_transition(run, target, reason, now), "update_time": now}
-    )
+    run = await rs.update_run(conn, run.id, {**_run_transition(run, target, reason, now), "update_time": now})
+    changes.run(run)
+    return run
 
 
 async def _run_or_not_found(

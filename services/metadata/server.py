@@ -38,6 +38,7 @@ from services.kit.revocations import RevocationFeed, feed_for_service
 from services.kit.server import KeelServer, Registration
 from services.kit.service_identity import ServiceCredential
 from services.kit.tokens import JwksCache, TokenVerifier, jwks_from_authn
+from services.metadata import run_changes
 from services.metadata.api_code_repositories import CodeRepositoryApi
 from services.metadata.api_pipelines import PipelineServicer
 from services.metadata.api_projects import ProjectApi
@@ -57,6 +58,7 @@ from services.metadata.run_sweeper import RunSweeper
 from services.metadata.runs import Runs
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import MetadataStore, idempotency
+from services.metadata.watch import ChangeHub
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def build_domain(
     )
 
 
-def registrations(domain: MetadataDomain) -> list[Registration]:
+def registrations(domain: MetadataDomain, hub: ChangeHub | None = None) -> list[Registration]:
     """Every servicer of the workspace server (other metadata modules add theirs here)."""
     return [
         Registration(
@@ -126,7 +128,7 @@ def registrations(domain: MetadataDomain) -> list[Registration]:
         Registration(
             "keel.metadata.v1.RunService",
             runs_pb2_grpc.add_RunServiceServicer_to_server,
-            RunServicer(domain),
+            RunServicer(domain, hub=hub),
         ),
         *artifact_model_registrations(domain),
     ]
@@ -142,6 +144,8 @@ class MetadataService:
     registration: WorkspaceRegistration | None
     revocations: RevocationFeed | None = None
     credential: ServiceCredential | None = None
+    # Wakes WatchRun / WatchRuns watchers (in-process, and LISTEN on PostgreSQL).
+    hub: ChangeHub = field(default_factory=ChangeHub)
     housekeeping: PeriodicTask = field(init=False)
     run_sweeper: RunSweeper = field(init=False)
 
@@ -150,15 +154,18 @@ class MetadataService:
             "metadata-housekeeping", self.forget_old_request_ids, HOUSEKEEPING_SECONDS
         )
         # Fails RUNNING steps whose heartbeats stopped (safe with several replicas).
-        self.run_sweeper = RunSweeper(Runs(self.domain.store, self.domain.clock))
+        self.run_sweeper = RunSweeper(Runs(self.domain.store, self.domain.clock, notify=self.hub.notify))
 
     async def forget_old_request_ids(self) -> int:
-        """Deletes remembered request ids past their retention (the housekeeping task's step)."""
+        """Deletes remembered request ids and run changes past their retention (the housekeeping step)."""
         retention = timedelta(seconds=self.domain.settings.metadata_request_id_retention_seconds)
         async with self.domain.store.transaction() as tx:
-            return await kit_idempotency.purge_older_than(
+            forgotten = await kit_idempotency.purge_older_than(
                 tx.conn, idempotency, self.domain.clock.now() - retention
             )
+        async with self.domain.store.transaction() as tx:
+            await run_changes.purge_before(tx.conn, self.domain.clock.now() - run_changes.RETENTION)
+        return forgotten
 
     @property
     def port(self) -> int:
@@ -173,6 +180,7 @@ class MetadataService:
     async def start(self) -> int:
         """Migrates, binds, establishes the workspace identity (or refuses to start); the bound port."""
         await migrate(self.domain.engine, self.domain.settings)
+        await self.hub.start(self.domain.engine)
         if self.revocations is not None:
             await self.revocations.start()
         port = await self.server.start()
@@ -199,6 +207,7 @@ class MetadataService:
         await self.housekeeping.stop()
         await self.run_sweeper.stop()
         await self.server.stop()
+        await self.hub.stop()
         if self.revocations is not None:
             await self.revocations.stop()
         if self.credential is not None:
@@ -238,7 +247,8 @@ def build_service(
         audience=settings.token_audience,
         principal_check=None if revocations is None else revocations.principal_check,
     )
-    server = KeelServer(SERVICE_NAME, settings, registrations(domain), verifier, domain.checker)
+    hub = ChangeHub()
+    server = KeelServer(SERVICE_NAME, settings, registrations(domain, hub), verifier, domain.checker)
     registration: WorkspaceRegistration | None = None
     if identity is None:
         if settings.workspace_credential_file is None:
@@ -255,4 +265,4 @@ def build_service(
             server_version=settings.server_version(),
             retry_seconds=settings.metadata_register_retry_seconds,
         )
-    return MetadataService(domain, server, jwks, registration, revocations, credential)
+    return MetadataService(domain, server, jwks, registration, revocations, credential, hub)

@@ -258,3 +258,97 @@ async def test_roles_govern_runs_and_callbacks(metadata_stack: MetadataStack) ->
             metadata=stack.owner.metadata,
         )
     assert elsewhere.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _next(stream: object) -> rp.RunEvent:
+    """The next message of a WatchRun stream (never its end: these watches outlive the test's reads)."""
+    event = await stream.read()  # type: ignore[attr-defined]
+    assert isinstance(event, rp.RunEvent)
+    return event
+
+
+async def test_watch_run_streams_each_change_over_grpc_and_resumes_from_a_cursor(
+    metadata_stack: MetadataStack,
+) -> None:
+    stack = metadata_stack
+    owner = stack.owner.metadata
+    ws = stack.workspace_id
+    pipelines = pp_grpc.PipelineServiceStub(stack.channel)
+    runs = rp_grpc.RunServiceStub(stack.channel)
+    project = await stack.project()
+    pipeline = await pipelines.CreatePipeline(
+        pp.CreatePipelineRequest(workspace_id=ws, project_id=project.id, pipeline=pp.Pipeline(name="p")),
+        metadata=owner,
+    )
+    snapshot = await pipelines.CreateSnapshot(
+        pp.CreateSnapshotRequest(
+            workspace_id=ws,
+            project_id=project.id,
+            pipeline_id=pipeline.id,
+            snapshot=_diamond(await _stack_id(stack)),
+        ),
+        metadata=owner,
+    )
+    run = await runs.CreateRun(
+        rp.CreateRunRequest(workspace_id=ws, project_id=project.id, snapshot_id=snapshot.id), metadata=owner
+    )
+    watch = rp.WatchRunRequest(workspace_id=ws, project_id=project.id, run_id=run.id)
+
+    outsider = await stack.member()  # no role on the workspace's data
+    denied = runs.WatchRun(watch, metadata=outsider.metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _next(denied)
+    stream = runs.WatchRun(watch, metadata=owner)
+    first = await _next(stream)
+    await runs.UpdateStepStatus(
+        rp.UpdateStepStatusRequest(
+            workspace_id=ws,
+            project_id=project.id,
+            run_id=run.id,
+            step_name="load",
+            status=StepStatus.RUNNING,
+            request_id="w-1",
+        ),
+        metadata=owner,
+    )
+    snapshots = []
+    change = await _next(stream)
+    while change.kind == rp.RunEvent.SNAPSHOT:  # the run's and each step's current state come first
+        snapshots.append(change)
+        change = await _next(stream)
+    stream.cancel()
+    await runs.UpdateStepStatus(
+        rp.UpdateStepStatusRequest(
+            workspace_id=ws,
+            project_id=project.id,
+            run_id=run.id,
+            step_name="load",
+            status=StepStatus.COMPLETED,
+            request_id="w-2",
+        ),
+        metadata=owner,
+    )
+    resumed = runs.WatchRun(
+        rp.WatchRunRequest(workspace_id=ws, project_id=project.id, run_id=run.id, after_cursor=change.cursor),
+        metadata=owner,
+    )
+    missed = [await _next(resumed)]
+    while missed[-1].step_run.status != StepStatus.COMPLETED and len(missed) < 5:
+        missed.append(await _next(resumed))
+    resumed.cancel()
+
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (first.kind, first.run.status) == (rp.RunEvent.SNAPSHOT, Status.INITIALIZING)
+    assert len(snapshots) <= 4  # at most one per step
+    assert (change.kind, change.step_run.name, change.step_run.status) == (
+        rp.RunEvent.CHANGE,
+        "load",
+        StepStatus.RUNNING,
+    )
+    # After the cursor: the run following its first running step, then the step's completion.
+    assert [(e.kind, e.run.status, e.step_run.name, e.step_run.status) for e in missed] == [
+        (rp.RunEvent.CHANGE, Status.RUNNING, "", StepStatus.STATUS_UNSPECIFIED),
+        (rp.RunEvent.CHANGE, Status.RUNNING, "load", StepStatus.COMPLETED),
+    ]
+    cursors = [change.cursor] + [e.cursor for e in missed]
+    assert cursors == sorted(set(cursors))

@@ -938,3 +938,152 @@ class SendStepHeartbeatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendStepHeartbeatResponse: _TypeAlias = SendStepHeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    """Request of WatchRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Workspace served by this server."""
+    project_id: _builtins.str
+    """Project of the run."""
+    run_id: _builtins.str
+    """Id of the run."""
+    after_cursor: _builtins.int
+    """Deliver changes after this cursor (a RunEvent.cursor); 0: from now on (first event: the
+    run's current state). A cursor older than the retention answers OUT_OF_RANGE.
+    """
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        after_cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "project_id", b"project_id", "run_id", b"run_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class WatchRunsRequest(_message.Message):
+    """Request of WatchRuns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Workspace served by this server."""
+    project_id: _builtins.str
+    """Project whose runs are watched."""
+    after_cursor: _builtins.int
+    """Deliver changes after this cursor (a RunEvent.cursor); 0: from now on. A cursor older than
+    the retention answers OUT_OF_RANGE.
+    """
+    filter: _builtins.str
+    """AIP-160 filter over the run, as ListRuns (status, pipeline_id, snapshot_id, trigger, times),
+    applied to the run as it is after each change.
+    """
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        after_cursor: _builtins.int = ...,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "filter", b"filter", "project_id", b"project_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunsRequest: _TypeAlias = WatchRunsRequest  # noqa: Y015
+
+@_typing.final
+class RunEvent(_message.Message):
+    """One event of a watch: a change, the current state at the start, or a keep-alive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[RunEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: RunEvent._Kind.ValueType  # 0
+        """Not set."""
+        CHANGE: RunEvent._Kind.ValueType  # 1
+        """A run's or step's status changed (or a run was created)."""
+        DELETED: RunEvent._Kind.ValueType  # 2
+        """The run was deleted (`run` holds its last state)."""
+        HEARTBEAT: RunEvent._Kind.ValueType  # 3
+        """Nothing changed for 15 s: keeps connections and proxies alive; `cursor` is unchanged."""
+        SNAPSHOT: RunEvent._Kind.ValueType  # 4
+        """The current state when a watch starts without a cursor (WatchRun only)."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """Kind of event."""
+
+    KIND_UNSPECIFIED: RunEvent.Kind.ValueType  # 0
+    """Not set."""
+    CHANGE: RunEvent.Kind.ValueType  # 1
+    """A run's or step's status changed (or a run was created)."""
+    DELETED: RunEvent.Kind.ValueType  # 2
+    """The run was deleted (`run` holds its last state)."""
+    HEARTBEAT: RunEvent.Kind.ValueType  # 3
+    """Nothing changed for 15 s: keeps connections and proxies alive; `cursor` is unchanged."""
+    SNAPSHOT: RunEvent.Kind.ValueType  # 4
+    """The current state when a watch starts without a cursor (WatchRun only)."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    STEP_RUN_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    kind: Global___RunEvent.Kind.ValueType
+    """Kind of event."""
+    cursor: _builtins.int
+    """Position in the workspace's change sequence: pass it as after_cursor to resume after this event."""
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run as it is now (for DELETED: as it was); unset on HEARTBEAT."""
+
+    @_builtins.property
+    def step_run(self) -> Global___StepRun:
+        """WatchRun only: the step run that changed (unset when the change was the run's own)."""
+
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___RunEvent.Kind.ValueType = ...,
+        cursor: _builtins.int = ...,
+        run: Global___Run | None = ...,
+        step_run: Global___StepRun | None = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "run", b"run", "step_run", b"step_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "cursor", b"cursor", "kind", b"kind", "run", b"run", "step_run", b"step_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015

@@ -85,6 +85,16 @@ class RunServiceStub:
                 request_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatRequest.SerializeToString,
                 response_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatResponse.FromString,
                 _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/keel.metadata.v1.RunService/WatchRun',
+                request_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RunEvent.FromString,
+                _registered_method=True)
+        self.WatchRuns = channel.unary_stream(
+                '/keel.metadata.v1.RunService/WatchRuns',
+                request_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.WatchRunsRequest.SerializeToString,
+                response_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RunEvent.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -161,6 +171,22 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRun(self, request, context):
+        """Streams every status change of a run and its steps after a cursor, in commit order, then
+        follows live (a HEARTBEAT event every 15 s while nothing changes). Served as SSE by the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRuns(self, request, context):
+        """Streams every run status change of a project after a cursor (runs the caller may read only),
+        in commit order, then follows live (HEARTBEAT every 15 s). Served as SSE by the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +239,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.SendStepHeartbeat,
                     request_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatRequest.FromString,
                     response_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.WatchRunRequest.FromString,
+                    response_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RunEvent.SerializeToString,
+            ),
+            'WatchRuns': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRuns,
+                    request_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.WatchRunsRequest.FromString,
+                    response_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RunEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +522,60 @@ class RunService:
             '/keel.metadata.v1.RunService/SendStepHeartbeat',
             keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatRequest.SerializeToString,
             keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/keel.metadata.v1.RunService/WatchRun',
+            keel_dot_metadata_dot_v1_dot_runs__pb2.WatchRunRequest.SerializeToString,
+            keel_dot_metadata_dot_v1_dot_runs__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/keel.metadata.v1.RunService/WatchRuns',
+            keel_dot_metadata_dot_v1_dot_runs__pb2.WatchRunsRequest.SerializeToString,
+            keel_dot_metadata_dot_v1_dot_runs__pb2.RunEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,14 @@ class RunServiceStub:
     """Orchestrator callback: moves a step run forward (idempotent); the run follows when every step is terminal."""
     SendStepHeartbeat: _grpc.UnaryUnaryMultiCallable[_runs_pb2.SendStepHeartbeatRequest, _runs_pb2.SendStepHeartbeatResponse]
     """Orchestrator callback: a RUNNING step is alive; one without heartbeats past its timeout is marked FAILED."""
+    WatchRun: _grpc.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.RunEvent]
+    """Streams every status change of a run and its steps after a cursor, in commit order, then
+    follows live (a HEARTBEAT event every 15 s while nothing changes). Served as SSE by the gateway.
+    """
+    WatchRuns: _grpc.UnaryStreamMultiCallable[_runs_pb2.WatchRunsRequest, _runs_pb2.RunEvent]
+    """Streams every run status change of a project after a cursor (runs the caller may read only),
+    in commit order, then follows live (HEARTBEAT every 15 s). Served as SSE by the gateway.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -82,6 +90,14 @@ class RunServiceAsyncStub(RunServiceStub):
     """Orchestrator callback: moves a step run forward (idempotent); the run follows when every step is terminal."""
     SendStepHeartbeat: _aio.UnaryUnaryMultiCallable[_runs_pb2.SendStepHeartbeatRequest, _runs_pb2.SendStepHeartbeatResponse]  # type: ignore[assignment]
     """Orchestrator callback: a RUNNING step is alive; one without heartbeats past its timeout is marked FAILED."""
+    WatchRun: _aio.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.RunEvent]  # type: ignore[assignment]
+    """Streams every status change of a run and its steps after a cursor, in commit order, then
+    follows live (a HEARTBEAT event every 15 s while nothing changes). Served as SSE by the gateway.
+    """
+    WatchRuns: _aio.UnaryStreamMultiCallable[_runs_pb2.WatchRunsRequest, _runs_pb2.RunEvent]  # type: ignore[assignment]
+    """Streams every run status change of a project after a cursor (runs the caller may read only),
+    in commit order, then follows live (HEARTBEAT every 15 s). Served as SSE by the gateway.
+    """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages runs and step runs; orchestrators report progress through its callbacks."""
@@ -165,5 +181,25 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.SendStepHeartbeatResponse, _abc.Awaitable[_runs_pb2.SendStepHeartbeatResponse]]:
         """Orchestrator callback: a RUNNING step is alive; one without heartbeats past its timeout is marked FAILED."""
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _runs_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runs_pb2.RunEvent], _abc.AsyncIterator[_runs_pb2.RunEvent]]:
+        """Streams every status change of a run and its steps after a cursor, in commit order, then
+        follows live (a HEARTBEAT event every 15 s while nothing changes). Served as SSE by the gateway.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRuns(
+        self,
+        request: _runs_pb2.WatchRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runs_pb2.RunEvent], _abc.AsyncIterator[_runs_pb2.RunEvent]]:
+        """Streams every run status change of a project after a cursor (runs the caller may read only),
+        in commit order, then follows live (HEARTBEAT every 15 s). Served as SSE by the gateway.
+        """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
