@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.kit.errors import InvalidArgument
 from services.kit.pagination import (
     OrderBy,
+    keyset_after,
     page_size,
     paginate,
     parse_order_by,
@@ -285,3 +286,22 @@ def test_bad_order_by_is_invalid_argument(order_by: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message) as caught:
         parse_order_by(order_by, SORTABLE, tie_breaker=items.c.id)
     assert caught.value.violations[0].field == "order_by"
+
+
+def _sql(condition: Any) -> str:
+    return str(condition.compile(compile_kwargs={"literal_binds": True}))
+
+
+def test_keyset_condition_leads_with_a_range_an_index_scan_can_start_from() -> None:
+    descending = parse_order_by("rank desc", SORTABLE, tie_breaker=items.c.id)
+    ascending = parse_order_by("rank", SORTABLE, tie_breaker=items.c.id)
+    nullable = parse_order_by("label", SORTABLE, tie_breaker=items.c.id)
+
+    after_descending = _sql(keyset_after(descending, [3, 17]))
+    after_ascending = _sql(keyset_after(ascending, [3, 17]))
+    after_nullable = _sql(keyset_after(nullable, ["blue", 17]))
+
+    assert after_descending.startswith("items.rank <= 3 AND (")
+    assert after_ascending.startswith("items.rank >= 3 AND (")
+    # A nullable ascending key has NULLs after every value (PostgreSQL): no bound can be implied.
+    assert not after_nullable.startswith("items.label >=")
