@@ -76,6 +76,8 @@ class OrgsDomain:
     workspace: WorkspaceParts
     audit_log: AuditLog
     outbox: AuditOutbox
+    # One channel to authn (the caller's e-mail, JWKS, the revocation feed); all channels are closed on stop.
+    authn_channel: grpc.aio.Channel | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     credential: ServiceCredential | None = None
 
@@ -118,6 +120,7 @@ def build_domain(
         ),
         audit_log=audit_log,
         outbox=outbox,
+        authn_channel=authn_channel,
         channels=[authn_channel, rbac_channel],
         credential=credential,
     )
@@ -219,8 +222,8 @@ def build_service(
     clock = clock or SystemClock()
     engine = engine or create_engine_from_settings(settings, SERVICE_NAME)
     domain = build_domain(settings, engine, clock)
-    authn_channel = connect(settings.authn_address)
-    domain.channels.append(authn_channel)
+    authn_channel = domain.authn_channel
+    assert authn_channel is not None  # build_domain always opens it
     if jwks is None:
         jwks = JwksCache(jwks_from_authn(authn_channel))
     # The credential of build_domain: one exchange of orgs' API key serves every call on its account.
