@@ -8,9 +8,11 @@ the organization is seeded through the store's bulk path
 
 - 100 custom project-level roles of 20 permissions each;
 - 1,000 teams of 10 members (10,000 memberships); the caller is in 5 of them;
-- 10,000 bindings: 1,000 team bindings (custom role at a project), 1,000
-  ownership shares of runs held by the caller, 8,000 user bindings at the
-  organization, workspaces, projects and single resources.
+- 10,000 bindings: 1,000 team bindings (custom role at a project), 9,000
+  user bindings at the organization, workspaces and projects;
+- 1,000 ownerships of runs held by the caller and ~2,260 of pipelines held by
+  other users (rows of `rbac_ownerships`, outside the in-memory index since
+  ownership became a relation: docs/decisions/ownership-relation.md).
 
 Then measures, at each concurrency level, in one run:
 
@@ -18,9 +20,10 @@ Then measures, at each concurrency level, in one run:
   same interceptors);
 - check allowed: Check granted through a team's custom role on a project;
 - check denied: Check that no binding grants (every candidate is looked at);
-- batch check 100: BatchCheck of 100 resources in one call;
+- batch check 100: BatchCheck of 100 runs the caller owns in one call (the
+  index says no, then one query reads their owners);
 - lookup resources: LookupResources of runs in the organization (answer:
-  the caller's 1,000 owned run ids plus projects).
+  the caller's 1,000 owned run ids, read from the owner index, plus projects).
 
 The caller asks about itself (the token's subject), as services do when they
 forward the caller's token. The load generator runs in this process.
@@ -38,7 +41,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,7 +57,7 @@ from services.rbac.catalog import BUILT_IN_ROLES, PROJECT_TYPES, actions_of
 from services.rbac.evaluator import Membership, OrganizationIndex, Ref
 from services.rbac.server import migrate
 from services.rbac.settings import RbacSettings
-from services.rbac.store import BindingRecord, RbacStore, RoleRecord
+from services.rbac.store import BindingRecord, OwnershipRecord, RbacStore, RoleRecord
 
 RBAC = (sys.executable, "-m", "services.rbac")
 ORG = "bench-org"
@@ -73,8 +77,10 @@ def _project(index: int) -> tuple[str, str]:
     return f"ws-{index % WORKSPACES}", f"proj-{index}"
 
 
-def seed_rows(caller: str) -> tuple[list[RoleRecord], list[BindingRecord], list[Membership]]:
-    """The roles, bindings and memberships of the benchmark organization (deterministic)."""
+def seed_rows(
+    caller: str,
+) -> tuple[list[RoleRecord], list[BindingRecord], list[Membership], list[OwnershipRecord]]:
+    """The roles, bindings, memberships and ownerships of the benchmark organization (deterministic)."""
     rng = random.Random(7)
     project_permissions = sorted((t, a) for t in PROJECT_TYPES for a in actions_of(t))
     roles = []
@@ -118,9 +124,15 @@ def seed_rows(caller: str) -> tuple[list[RoleRecord], list[BindingRecord], list[
         # Team 0 holds role 0 on project 0; others get roles 1..99 (never granting the allowed permission).
         role = "role-000" if team == 0 else f"role-{1 + rng.randrange(CUSTOM_ROLES - 1):03}"
         bind("team", f"team-{team:04}", role, ws, proj)
+    owned: dict[tuple[str, str], OwnershipRecord] = {}
+
+    def own(subject: str, ws: str, proj: str, rtype: str, rid: str) -> None:
+        record = OwnershipRecord(f"o-{len(owned):05}", ORG, rtype, rid, ws, proj, "user", subject, NOW)
+        owned.setdefault((rtype, rid), record)
+
     for run in range(OWNED_RUNS):
         ws, proj = _project(rng.randrange(PROJECTS))
-        bind("user", caller, "owner", ws, proj, "run", f"run-{run:05}")
+        own(caller, ws, proj, "run", f"run-{run:05}")
     by_level = {
         level: [r.id for r in BUILT_IN_ROLES.values() if r.level == level]
         for level in ("organization", "workspace", "project")
@@ -136,13 +148,13 @@ def seed_rows(caller: str) -> tuple[list[RoleRecord], list[BindingRecord], list[
         elif kind < 0.8:
             bind("user", user, rng.choice(by_level["project"]), ws, proj)
         else:
-            bind("user", user, "owner", ws, proj, "pipeline", f"pl-{rng.randrange(100_000):06}")
-    return roles, bindings, members
+            own(user, ws, proj, "pipeline", f"pl-{rng.randrange(100_000):06}")
+    return roles, bindings, members, list(owned.values())
 
 
 def evaluator_figures(caller: str) -> str:
     """In-process cost of the evaluator on the same organization: index build and one check."""
-    roles, bindings, members = seed_rows(caller)
+    roles, bindings, members, _ = seed_rows(caller)
     started = time.perf_counter()
     index = OrganizationIndex(
         [b.as_binding() for b in bindings], members, {r.id: frozenset(r.permissions) for r in roles}
@@ -168,9 +180,9 @@ async def seed(database_url: str, caller: str) -> int:
     engine = create_engine(database_url)
     try:
         await migrate(engine, RbacSettings())
-        roles, bindings, members = seed_rows(caller)
+        roles, bindings, members, owned = seed_rows(caller)
         async with RbacStore(engine).transaction() as tx:
-            return await tx.bulk_load(ORG, roles, bindings, members, NOW)
+            return await tx.bulk_load(ORG, roles, bindings, members, NOW, owned)
     finally:
         await engine.dispose()
 
@@ -189,46 +201,65 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="keel-bench-") as folder:
         data_dir = Path(folder)
-        authn_port, rbac_port = free_port(), free_port()
-        env = authn_env(data_dir, authn_port, "")
-        bootstrap = await asyncio.create_subprocess_exec(
-            *AUTHN, "bootstrap-admin", "--email", ADMIN, env=env, stdout=asyncio.subprocess.PIPE
-        )
-        output, _ = await bootstrap.communicate()
-        password = output.decode().strip().removeprefix("admin password: ")
-        authn = await asyncio.create_subprocess_exec(*AUTHN, env=env)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{authn_port}") as authn_channel:
-                await wait_serving(authn_channel)
-                login = await tokens_pb2_grpc.TokenServiceStub(authn_channel).CreateToken(
-                    tokens_pb2.CreateTokenRequest(
-                        password=tokens_pb2.PasswordGrant(email=ADMIN, password=password)
-                    )
+        async with (
+            authn_with_admin(data_dir) as (authn_port, login),
+            database(args.database, data_dir) as url,
+        ):
+            rbac_url = url or f"sqlite+aiosqlite:///{data_dir / 'rbac.db'}"
+            revision = await seed(rbac_url, login.subject)
+            print(evaluator_figures(login.subject))
+            async with rbac_process(data_dir, rbac_url, authn_port) as channel:
+                await run(channel, login.access_token, login.subject, revision, args)
+
+
+@asynccontextmanager
+async def authn_with_admin(data_dir: Path) -> AsyncIterator[tuple[int, tokens_pb2.CreateTokenResponse]]:
+    """authn as its own process with a bootstrapped admin, signed in: (its port, the admin's tokens)."""
+    authn_port = free_port()
+    env = authn_env(data_dir, authn_port, "")
+    bootstrap = await asyncio.create_subprocess_exec(
+        *AUTHN, "bootstrap-admin", "--email", ADMIN, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await bootstrap.communicate()
+    password = output.decode().strip().removeprefix("admin password: ")
+    authn = await asyncio.create_subprocess_exec(*AUTHN, env=env)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{authn_port}") as authn_channel:
+            await wait_serving(authn_channel)
+            login = await tokens_pb2_grpc.TokenServiceStub(authn_channel).CreateToken(
+                tokens_pb2.CreateTokenRequest(
+                    password=tokens_pb2.PasswordGrant(email=ADMIN, password=password)
                 )
-            async with database(args.database, data_dir) as url:
-                rbac_url = url or f"sqlite+aiosqlite:///{data_dir / 'rbac.db'}"
-                revision = await seed(rbac_url, login.subject)
-                print(evaluator_figures(login.subject))
-                rbac_env = {
-                    **os.environ,
-                    "KEEL_DATA_DIR": str(data_dir),
-                    "KEEL_LISTEN_ADDRESS": f"127.0.0.1:{rbac_port}",
-                    "KEEL_DATABASE_URL": rbac_url,
-                    "KEEL_AUTHN_ADDRESS": f"127.0.0.1:{authn_port}",
-                    "KEEL_LOG_LEVEL": "WARNING",
-                    "KEEL_DRAIN_SECONDS": "0",
-                }
-                rbac = await asyncio.create_subprocess_exec(*RBAC, env=rbac_env)
-                try:
-                    async with grpc.aio.insecure_channel(f"127.0.0.1:{rbac_port}") as channel:
-                        await wait_serving(channel)
-                        await run(channel, login.access_token, login.subject, revision, args)
-                finally:
-                    rbac.terminate()
-                    await asyncio.wait_for(rbac.wait(), timeout=30)
-        finally:
-            authn.terminate()
-            await asyncio.wait_for(authn.wait(), timeout=30)
+            )
+        yield authn_port, login
+    finally:
+        authn.terminate()
+        await asyncio.wait_for(authn.wait(), timeout=30)
+
+
+@asynccontextmanager
+async def rbac_process(
+    data_dir: Path, rbac_url: str, authn_port: int, cwd: Path | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    """RBAC as its own process (from the checkout `cwd`, default this one), serving: a channel to it."""
+    rbac_port = free_port()
+    rbac_env = {
+        **os.environ,
+        "KEEL_DATA_DIR": str(data_dir),
+        "KEEL_LISTEN_ADDRESS": f"127.0.0.1:{rbac_port}",
+        "KEEL_DATABASE_URL": rbac_url,
+        "KEEL_AUTHN_ADDRESS": f"127.0.0.1:{authn_port}",
+        "KEEL_LOG_LEVEL": "WARNING",
+        "KEEL_DRAIN_SECONDS": "0",
+    }
+    rbac = await asyncio.create_subprocess_exec(*RBAC, env=rbac_env, cwd=cwd)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rbac_port}") as channel:
+            await wait_serving(channel)
+            yield channel
+    finally:
+        rbac.terminate()
+        await asyncio.wait_for(rbac.wait(), timeout=30)
 
 
 async def run(

@@ -10,19 +10,24 @@ backend (SQLite files, or fresh PostgreSQL databases).
 Setup: a project created through ProjectService (the caller, the
 organization admin, owns it) and a pipeline with one snapshot of a 10-step
 chain, written by services/metadata/seeding.py (0 runs). Then --recorders
-concurrent recorders each record complete runs, one call at a time:
+concurrent recorders each record complete runs. A run is always the same
+content: CreateRun; for each step in order RUNNING, one output artifact
+version (the artifact per step name is created by the first run), COMPLETED;
+the run completes with its last step (checked on the last answer). Three
+ways of sending it (--modes, all measured in one invocation, so their ratios
+come from the same machine state):
 
-    CreateRun; for each step in order: UpdateStepStatus RUNNING,
-    RecordStepOutputs (one output artifact version; the artifact per step
-    name is created by the first run), UpdateStepStatus COMPLETED
+    single  31 calls: CreateRun, then per step UpdateStepStatus RUNNING,
+            RecordStepOutputs, UpdateStepStatus COMPLETED
+    step    11 calls: CreateRun, then per step one RecordRunCallbacks
+            (RUNNING, outputs, COMPLETED) — an orchestrator reporting as each step ends
+    run      2 calls: CreateRun, then one RecordRunCallbacks with the 30 callbacks
 
-31 calls per run. The run completes with its last step (the run follows its
-steps; the last answer's run_status is checked to be COMPLETED). Figures:
-runs/s over --seconds of recording after a warm-up, median of --rounds rounds,
-with callback p50/p99; ceiling = GetProject calls/s with the same
+Figures: runs/s over --seconds of recording after a warm-up, median of
+--rounds rounds, with call p50/p99; ceiling = GetProject calls/s with the same
 concurrency.
 
-    python bench/record_runs.py --database sqlite --recorders 16 --seconds 20 --rounds 3
+    python bench/record_runs.py --database postgresql --recorders 16 --seconds 15 --rounds 3
 """
 
 from __future__ import annotations
@@ -126,6 +131,26 @@ async def metadata_process(
         await process.wait()
 
 
+async def bench_pipeline(
+    channel: grpc.aio.Channel, owner: User, workspace_id: str, database_url: str
+) -> tuple[str, str]:
+    """A project (created through the API, the owner owns it) with one 10-step pipeline seeded: ids."""
+    project = await projects_pb2_grpc.ProjectServiceStub(channel).CreateProject(
+        projects_pb2.CreateProjectRequest(
+            workspace_id=workspace_id, project=projects_pb2.Project(name="bench")
+        ),
+        metadata=owner.metadata,
+    )
+    engine = create_engine(database_url)
+    try:
+        seeded = await seeding.seed_project(
+            engine, project.id, "bench-stack", runs_count=0, pipeline_count=1, start=datetime.now(UTC)
+        )
+    finally:
+        await engine.dispose()
+    return project.id, seeded.pipelines[0].snapshot_id
+
+
 class Recorder:
     def __init__(
         self, channel: grpc.aio.Channel, user: User, workspace_id: str, project_id: str, snapshot_id: str
@@ -148,72 +173,106 @@ class Recorder:
         self.by_call.setdefault(name, []).append(elapsed)
         return reply
 
-    async def record_run(self) -> None:
-        ws, project = self.workspace_id, self.project_id
+    async def _create(self) -> str:
         run = await self._call(
             self.runs.CreateRun,
             runs_pb2.CreateRunRequest(
-                workspace_id=ws,
-                project_id=project,
+                workspace_id=self.workspace_id,
+                project_id=self.project_id,
                 snapshot_id=self.snapshot_id,
                 request_id=str(uuid.uuid4()),
             ),
         )
-        run_id = run.id  # type: ignore[attr-defined]
+        return str(run.id)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _output(run_id: str, name: str) -> artifacts_pb2.StepOutput:
+        return artifacts_pb2.StepOutput(
+            name="output",
+            artifact_name=f"bench.{name}.output",
+            artifact_version=artifacts_pb2.ArtifactVersion(
+                uri=f"s3://bench/{run_id}/{name}", size_bytes=1024
+            ),
+        )
+
+    async def record_run(self, mode: str) -> None:
+        if mode == "single":
+            status = await self._record_singly()
+        else:
+            status = await self._record_batched(per_step=mode == "step")
+        if status != runs_pb2.Run.COMPLETED:
+            raise AssertionError(f"a run ended {runs_pb2.Run.Status.Name(status)}")  # type: ignore[arg-type]
+
+    async def _record_singly(self) -> int:
+        ws, project = self.workspace_id, self.project_id
+        run_id = await self._create()
         last: Any = None
         for index in range(seeding.STEPS):
             name = f"step-{index}"
-            started = await self._call(
-                self.runs.UpdateStepStatus,
-                runs_pb2.UpdateStepStatusRequest(
+
+            def status(value: int, step: str = name) -> runs_pb2.UpdateStepStatusRequest:
+                return runs_pb2.UpdateStepStatusRequest(
                     workspace_id=ws,
                     project_id=project,
                     run_id=run_id,
-                    step_name=name,
-                    status=runs_pb2.StepRun.RUNNING,
+                    step_name=step,
+                    status=value,  # type: ignore[arg-type]
                     request_id=str(uuid.uuid4()),
-                ),
-            )
-            output = artifacts_pb2.StepOutput(
-                name="output",
-                artifact_name=f"bench.{name}.output",
-                artifact_version=artifacts_pb2.ArtifactVersion(
-                    uri=f"s3://bench/{run_id}/{name}", size_bytes=1024
-                ),
-            )
+                )
+
+            started = await self._call(self.runs.UpdateStepStatus, status(runs_pb2.StepRun.RUNNING))
             await self._call(
                 self.artifacts.RecordStepOutputs,
                 artifacts_pb2.RecordStepOutputsRequest(
                     workspace_id=ws,
                     project_id=project,
                     step_run_id=started.step_run.id,  # type: ignore[attr-defined]
-                    outputs=[output],
+                    outputs=[self._output(run_id, name)],
                     request_id=str(uuid.uuid4()),
                 ),
             )
-            last = await self._call(
-                self.runs.UpdateStepStatus,
-                runs_pb2.UpdateStepStatusRequest(
-                    workspace_id=ws,
-                    project_id=project,
-                    run_id=run_id,
-                    step_name=name,
-                    status=runs_pb2.StepRun.COMPLETED,
-                    request_id=str(uuid.uuid4()),
+            last = await self._call(self.runs.UpdateStepStatus, status(runs_pb2.StepRun.COMPLETED))
+        return int(last.run_status)
+
+    async def _record_batched(self, *, per_step: bool) -> int:
+        run_id = await self._create()
+        callbacks: list[runs_pb2.RunCallback] = []
+        answer: Any = None
+        step = runs_pb2.RunCallback.StepStatus
+        for index in range(seeding.STEPS):
+            name = f"step-{index}"
+            callbacks += [
+                runs_pb2.RunCallback(step_status=step(step_name=name, status=runs_pb2.StepRun.RUNNING)),
+                runs_pb2.RunCallback(
+                    step_outputs=runs_pb2.RunCallback.StepOutputs(
+                        step_name=name, outputs=[self._output(run_id, name)]
+                    )
                 ),
-            )
-        if last.run_status != runs_pb2.Run.COMPLETED:
-            raise AssertionError(f"run {run_id} ended {last.run_status}")
+                runs_pb2.RunCallback(step_status=step(step_name=name, status=runs_pb2.StepRun.COMPLETED)),
+            ]
+            if per_step or index == seeding.STEPS - 1:
+                answer = await self._call(
+                    self.runs.RecordRunCallbacks,
+                    runs_pb2.RecordRunCallbacksRequest(
+                        workspace_id=self.workspace_id,
+                        project_id=self.project_id,
+                        run_id=run_id,
+                        callbacks=callbacks,
+                        request_id=str(uuid.uuid4()),
+                    ),
+                )
+                callbacks = []
+        return int(answer.run.status)
 
 
-async def record_for(recorders: list[Recorder], seconds: float) -> tuple[float, list[float]]:
+async def record_for(recorders: list[Recorder], mode: str, seconds: float) -> tuple[float, list[float]]:
     deadline = time.perf_counter() + seconds
     done = 0
 
     async def loop(recorder: Recorder) -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            await recorder.record_run()
+            await recorder.record_run(mode)
             done += 1
 
     for recorder in recorders:
@@ -222,6 +281,9 @@ async def record_for(recorders: list[Recorder], seconds: float) -> tuple[float, 
     start = time.perf_counter()
     await asyncio.gather(*(loop(r) for r in recorders))
     return done / (time.perf_counter() - start), [x for r in recorders for x in r.latencies]
+
+
+CALLS_PER_RUN = {"single": 31, "step": 11, "run": 2}
 
 
 async def ceiling(channel: grpc.aio.Channel, user: User, ws: str, project: str, concurrency: int) -> float:
@@ -249,6 +311,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="recording time per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the median is printed)")
     parser.add_argument("--profile", default="", help="run the metadata server under cProfile into this file")
+    parser.add_argument(
+        "--modes", default="single,step,run", help="comma-separated: single, step, run (see the docstring)"
+    )
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp())
     async with database_urls(args.database, data_dir) as urls, control_plane(urls, data_dir) as orgs:
@@ -259,51 +324,35 @@ async def main() -> None:
         async with metadata_process(
             orgs, urls["metadata"], credential_file, data_dir / "metadata", args.profile
         ) as channel:
-            project = await projects_pb2_grpc.ProjectServiceStub(channel).CreateProject(
-                projects_pb2.CreateProjectRequest(
-                    workspace_id=workspace_id, project=projects_pb2.Project(name="bench")
-                ),
-                metadata=owner.metadata,
-            )
-            engine = create_engine(urls["metadata"])
-            try:
-                seeded = await seeding.seed_project(
-                    engine,
-                    project.id,
-                    "bench-stack",
-                    runs_count=0,
-                    pipeline_count=1,
-                    start=datetime.now(UTC),
-                )
-            finally:
-                await engine.dispose()
+            project_id, snapshot_id = await bench_pipeline(channel, owner, workspace_id, urls["metadata"])
             recorders = [
-                Recorder(channel, owner, workspace_id, project.id, seeded.pipelines[0].snapshot_id)
-                for _ in range(args.recorders)
+                Recorder(channel, owner, workspace_id, project_id, snapshot_id) for _ in range(args.recorders)
             ]
-            top = await ceiling(channel, owner, workspace_id, project.id, args.recorders)
-            await record_for(recorders, 3)  # warm-up (creates the 10 artifacts)
-            rounds = [await record_for(recorders, args.seconds) for _ in range(args.rounds)]
-            rates = [rate for rate, _ in rounds]
-            median_round = sorted(rounds)[len(rounds) // 2][1]
-            cuts = statistics.quantiles(median_round, n=100)
-            print(
-                f"{args.database}, {args.recorders} recorders: "
-                f"{statistics.median(rates):.1f} complete runs/s "
-                f"(rounds {', '.join(f'{r:.1f}' for r in rates)}); "
-                f"{statistics.median(rates) * 31:.0f} calls/s; "
-                f"callback p50 {cuts[49] * 1000:.1f} ms p99 {cuts[98] * 1000:.1f} ms; "
-                f"ceiling GetProject {top:.0f} calls/s"
-            )
-            by_call: dict[str, list[float]] = {}
-            for recorder in recorders:
-                for name, values in recorder.by_call.items():
-                    by_call.setdefault(name, []).extend(values)
-            for name, values in sorted(by_call.items()):
-                cuts = statistics.quantiles(values, n=100)
+            top = await ceiling(channel, owner, workspace_id, project_id, args.recorders)
+            print(f"{args.database}, {args.recorders} recorders; ceiling GetProject {top:.0f} calls/s")
+            modes = args.modes.split(",")
+            await record_for(recorders, modes[0], 3)  # warm-up (creates the 10 artifacts)
+            for mode in modes:
+                rounds = [await record_for(recorders, mode, args.seconds) for _ in range(args.rounds)]
+                rates = [rate for rate, _ in rounds]
+                median_round = sorted(rounds)[len(rounds) // 2][1]
+                cuts = statistics.quantiles(median_round, n=100)
                 print(
-                    f"  {name:<28} p50 {cuts[49] * 1000:6.1f} ms  p99 {cuts[98] * 1000:6.1f} ms (last round)"
+                    f"  {mode:<6} {statistics.median(rates):6.1f} complete runs/s "
+                    f"(rounds {', '.join(f'{r:.1f}' for r in rates)}); "
+                    f"{statistics.median(rates) * CALLS_PER_RUN[mode]:.0f} calls/s; "
+                    f"call p50 {cuts[49] * 1000:.1f} ms p99 {cuts[98] * 1000:.1f} ms"
                 )
+                by_call: dict[str, list[float]] = {}
+                for recorder in recorders:
+                    for name, values in recorder.by_call.items():
+                        by_call.setdefault(name, []).extend(values)
+                for name, values in sorted(by_call.items()):
+                    cuts = statistics.quantiles(values, n=100)
+                    print(
+                        f"      {name:<28} p50 {cuts[49] * 1000:6.1f} ms  p99 {cuts[98] * 1000:6.1f} ms"
+                        " (last round)"
+                    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def main() -> int:
         f"--grpc_python_out={ROOT}",
         f"--mypy_out={ROOT}",
         f"--mypy_grpc_out={ROOT}",
+        # With source info: the gateway's OpenAPI document takes its text from the proto comments.
+        "--include_source_info",
+        f"--descriptor_set_out={OUT / 'descriptors.binpb'}",
         *sources,
     ]
     if protoc.main(args) != 0:

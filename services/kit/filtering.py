@@ -24,9 +24,18 @@ binds tighter than AND, so `a = 1 AND b = 2 OR c = 3` is
 `a = 1 AND (b = 2 OR c = 3)`. NOT / `-` applies to the comparison or
 parenthesized group right after it.
 
+Fields a column comparison cannot express (a repeated field such as tags, a
+map such as run metadata: EXISTS over another table) are `PredicateField`s:
+the parser hands the operator and the literal as written (`FilterValue`) to
+the field's `build`, which returns the SQL condition or refuses with a
+ValueError that becomes INVALID_ARGUMENT. A `keyed` predicate field is a map:
+`name.KEY` (KEY bare text, may contain dots) or `name."KEY"` (any characters,
+AIP-160's quoted field); `name` alone reaches `build` with an empty key
+(AIP-160's `map:"key"`).
+
 Not supported: wildcards in strings (a `*` inside a string is a literal
-character), functions, field traversal into messages/maps/repeated fields,
-bare values (global search), durations.
+character), functions, field traversal into messages, bare values (global
+search), durations.
 
 Comparisons are two-valued: on a nullable column, `x = v` is false (not NULL)
 when x is NULL and `x != v` is true, so `NOT x = v` and `x != v` agree.
@@ -72,6 +81,34 @@ class FilterField:
 
 
 @dataclass(frozen=True)
+class FilterValue:
+    """A literal as written, for a PredicateField: a quoted string, a number, true/false, or `*`."""
+
+    kind: Literal["string", "number", "bool", "present"]
+    value: str | float | bool | None
+
+
+# build(key, op, value): key is '' unless the field is keyed; op is = != < <= > >= or :.
+PredicateBuild = Callable[[str, str, FilterValue], ColumnElement[bool]]
+
+
+@dataclass(frozen=True)
+class PredicateField:
+    """A field whose restrictions the service builds itself (tags, metadata keys: EXISTS subqueries).
+
+    `build` raises ValueError, saying what the field takes, for an operator or
+    literal it does not support; the parser reports it on `filter`.
+    """
+
+    build: PredicateBuild
+    # A map field: named as `name.KEY` or `name."KEY"`.
+    keyed: bool = False
+
+
+AnyField = FilterField | PredicateField
+
+
+@dataclass(frozen=True)
 class _Token:
     kind: Literal["word", "string", "number", "op", "lparen", "rparen", "minus", "star", "end"]
     text: str
@@ -82,7 +119,7 @@ def _fail(description: str) -> InvalidArgument:
     return InvalidArgument("filter", description)
 
 
-def parse_filter(text: str, fields: Mapping[str, FilterField]) -> ColumnElement[bool] | None:
+def parse_filter(text: str, fields: Mapping[str, AnyField]) -> ColumnElement[bool] | None:
     """The WHERE expression for an AIP-160 `filter`, or None when the filter is empty."""
     if len(text) > MAX_FILTER_LENGTH:
         raise _fail(f"is longer than {MAX_FILTER_LENGTH} characters")
@@ -168,7 +205,7 @@ def _read_string(text: str, index: int) -> tuple[str, int]:
 class _Parser:
     """Recursive descent over AIP-160's expression → sequence → factor → term → simple."""
 
-    def __init__(self, tokens: list[_Token], fields: Mapping[str, FilterField]) -> None:
+    def __init__(self, tokens: list[_Token], fields: Mapping[str, AnyField]) -> None:
         self.tokens = tokens
         self.index = 0
         self.fields = fields
@@ -233,39 +270,90 @@ class _Parser:
         return depth + 1
 
     def restriction(self, name: _Token) -> ColumnElement[bool]:
-        spec = self.fields.get(name.text)
-        if spec is None:
-            allowed = ", ".join(sorted(self.fields)) or "none"
-            raise _fail(
-                f"unknown field {name.text!r} at position {name.position}; filterable fields: {allowed}"
-            )
+        spec, key, shown = self.resolve(name)
         op = self.take()
         if op.kind != "op":
             raise _fail(
-                f"expected a comparison operator after {name.text!r} at position {op.position}; "
+                f"expected a comparison operator after {shown!r} at position {op.position}; "
                 "bare values (global search) are not supported"
             )
         self.comparisons += 1
         if self.comparisons > MAX_COMPARISONS:
             raise _fail(f"has more than {MAX_COMPARISONS} comparisons")
+        if isinstance(spec, PredicateField):
+            return self.predicate(shown, spec, key, op)
         if op.text == ":" and self.peek().kind == "star":
             self.take()
             return spec.column.is_not(None)
         if op.text not in ("=", "!=", ":") and spec.kind in _EQUALITY_ONLY:
-            raise _fail(f"{spec.kind} field {name.text!r} supports only =, != and : (position {op.position})")
-        value = self.literal(name.text, spec)
+            raise _fail(f"{spec.kind} field {shown!r} supports only =, != and : (position {op.position})")
+        value = self.literal(shown, spec)
         return _compare(spec.column, "=" if op.text == ":" else op.text, value)
 
-    def literal(self, field_name: str, spec: FilterField) -> Any:
+    def resolve(self, name: _Token) -> tuple[AnyField, str, str]:
+        """The field a name denotes, the map key of a keyed field ('' otherwise) and the name as shown."""
+        spec = self.fields.get(name.text)
+        if spec is not None:
+            return spec, "", name.text
+        prefix, _, key = name.text.partition(".")
+        keyed = self.fields.get(prefix)
+        if isinstance(keyed, PredicateField) and keyed.keyed:
+            if key:
+                return keyed, key, name.text
+            quoted = self.peek()
+            # name."KEY": the quoted key follows the dot directly.
+            if quoted.kind == "string" and quoted.position == name.position + len(name.text):
+                self.take()
+                return keyed, quoted.text, f'{name.text}"{quoted.text}"'
+            raise _fail(f"expected a key after {name.text!r} at position {quoted.position}")
+        allowed = ", ".join(
+            sorted(
+                f"{known}.KEY" if isinstance(field_spec, PredicateField) and field_spec.keyed else known
+                for known, field_spec in self.fields.items()
+            )
+        )
+        raise _fail(
+            f"unknown field {name.text!r} at position {name.position}; filterable fields: {allowed or 'none'}"
+        )
+
+    def predicate(self, shown: str, spec: PredicateField, key: str, op: _Token) -> ColumnElement[bool]:
+        value = self.predicate_value(shown, op)
+        try:
+            return spec.build(key, op.text, value)
+        except ValueError as error:
+            raise _fail(f"field {shown!r} at position {op.position}: {error}") from None
+
+    def predicate_value(self, shown: str, op: _Token) -> FilterValue:
+        token = self.take_literal()
+        if token.kind == "star" and op.text == ":":
+            return FilterValue("present", None)
+        if token.kind == "string":
+            return FilterValue("string", token.text)
+        if token.kind == "word" and token.text in ("true", "false"):
+            return FilterValue("bool", token.text == "true")
+        if token.kind == "number":
+            try:
+                return FilterValue("number", _float(token, None))
+            except _LiteralError as error:
+                raise _fail(
+                    f"field {shown!r} expects {error} at position {token.position}, found {_show(token)}"
+                ) from None
+        raise _fail(
+            f"field {shown!r} expects a quoted string, a number, true or false at position "
+            f"{token.position}, found {_show(token)}"
+        )
+
+    def take_literal(self) -> _Token:
+        """The next token, a `-` directly followed by a number joined into one negative number."""
         token = self.take()
-        text = token.text
-        if (
-            token.kind == "minus"
-            and self.peek().kind == "number"
-            and self.peek().position == token.position + 1
-        ):
-            text = "-" + self.take().text
-            token = _Token("number", text, token.position)
+        following = self.peek()
+        if token.kind == "minus" and following.kind == "number" and following.position == token.position + 1:
+            self.take()
+            return _Token("number", "-" + following.text, token.position)
+        return token
+
+    def literal(self, field_name: str, spec: FilterField) -> Any:
+        token = self.take_literal()
         where = f"at position {token.position}"
         convert = _CONVERTERS[spec.kind]
         try:
@@ -303,7 +391,7 @@ def _int(token: _Token, _spec: FilterField) -> int:
     return value
 
 
-def _float(token: _Token, _spec: FilterField) -> float:
+def _float(token: _Token, _spec: FilterField | None) -> float:
     if token.kind != "number":
         raise _LiteralError("a number")
     try:

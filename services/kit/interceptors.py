@@ -498,6 +498,11 @@ class KeelInterceptor(_ServerInterceptor):
                 return
         resource_id = field_value(request, rule.resource_field) if rule.resource_field and request else ""
         scope_id = field_value(request, rule.scope_field) if rule.scope_field and request else ""
+        # A rule's fields name what the call is about: without them the request is malformed, whoever
+        # asks (syntax only, nothing learnt about what exists), rather than a denial of nothing.
+        for name, value in ((rule.scope_field, scope_id), (rule.resource_field, resource_id)):
+            if name and request is not None and not value:
+                raise errors.InvalidArgument(name, "is required")
         if not await self._checker.check(principal, rule.resource_type, rule.action, resource_id, scope_id):
             if self._denial_recorder is not None:
                 denial = Denial(

@@ -70,6 +70,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def _not_a_stream_teardown_detach(record: logging.LogRecord) -> bool:
+    """Drops OpenTelemetry's "Failed to detach context" for a server stream the client left.
+
+    The gRPC instrumentation keeps its span current across the stream's yields;
+    when a client cancels (a closed watch), the generator is closed in another
+    context and detaching the token fails, harmlessly (the span still ends).
+    Upstream: open-telemetry/opentelemetry-python-contrib#2357. Anything else
+    that logger says is kept.
+    """
+    if record.name != "opentelemetry.context" or not record.exc_info:
+        return True
+    error = record.exc_info[1]
+    return not (
+        isinstance(error, ValueError)
+        and "was created in a different Context" in str(error)
+        and isinstance(error.__context__, GeneratorExit)
+    )
+
+
 _handler: logging.Handler | None = None
 
 
@@ -81,6 +100,7 @@ def setup_logging(service_name: str, level: str = "INFO") -> logging.Handler:
         root.removeHandler(_handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service_name))
+    handler.addFilter(_not_a_stream_teardown_detach)
     root.addHandler(handler)
     root.setLevel(level)
     _handler = handler

@@ -29,6 +29,18 @@ share one in-flight call. A service that changes RBAC state calls
 checks ask for state at least that fresh, and cached answers evaluated at an
 older revision are not used), so it sees its own write at once.
 
+Scope-wide answers: when RBAC says an allow on a resource is `scope_wide` (it
+comes from a binding at the organization, workspace or project level above
+the resource, not from a share or ownership of it), the subject holds the
+permission on every resource of that type under the same ancestors. The
+answer is then cached under (principal kind, id, resource type, action, scope
+id) without the resource id, and that entry is consulted first: a project
+Editor recording 100 new runs a second asks RBAC once per TTL, not once per
+run. Same TTL, revision and invalidation rules; denials never generalize. This
+relies on the scope mapping giving every resource of one type under one scope
+id the same ancestors, the resource id naming only the resource's own level
+(both mappings below do; RBAC never counts that own level as scope-wide).
+
 Failure: RBAC UNAVAILABLE (including a revision not reached yet,
 `REVISION_NOT_REACHED`), DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED raises
 `errors.Unavailable` — fail closed, never allow. A cached answer younger
@@ -74,6 +86,8 @@ _TRANSIENT = frozenset(
 
 # (principal kind, principal id, resource type, action, resource id, scope id)
 CacheKey = tuple[str, str, str, str, str, str]
+# (principal kind, principal id, resource type, action, scope id): a scope-wide allow.
+ScopeKey = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class _Answer:
     allowed: bool
     revision: int
     at: datetime
+    scope_wide: bool = False
 
 
 @dataclass
@@ -159,6 +174,8 @@ class RbacPermissionChecker:
         self._timeout = timeout_seconds
         self._scope = scope
         self._cache: OrderedDict[CacheKey, _Answer] = OrderedDict()
+        # Allowed scope-wide answers (fewer keys than resources: bounded by the same max_entries).
+        self._scope_wide: OrderedDict[ScopeKey, _Answer] = OrderedDict()
         self._flights: dict[CacheKey, _Flight] = {}
         self._min_revision = 0
         # Bumped by invalidate(): an answer asked for before it is not cached after it.
@@ -178,16 +195,19 @@ class RbacPermissionChecker:
         self._generation += 1
         if principal_subject is None:
             self._cache.clear()
+            self._scope_wide.clear()
             self._flights.clear()
             return
         for key in [k for k in self._cache if k[1] == principal_subject]:
             del self._cache[key]
+        for scope_key in [k for k in self._scope_wide if k[1] == principal_subject]:
+            del self._scope_wide[scope_key]
         for key in [k for k in self._flights if k[1] == principal_subject]:
             del self._flights[key]
 
     def __len__(self) -> int:
-        """How many answers are cached (fresh or not)."""
-        return len(self._cache)
+        """How many answers are cached (fresh or not), scope-wide ones included."""
+        return len(self._cache) + len(self._scope_wide)
 
     async def check(
         self, principal: Principal, resource_type: str, action: str, resource_id: str, scope_id: str
@@ -195,8 +215,12 @@ class RbacPermissionChecker:
         """Whether `principal` may do `action` on the resource (or collection) in organization `scope_id`."""
         if principal.kind not in _SUBJECT_KINDS or not scope_id:
             return False
+        if resource_id and self._fresh(
+            self._scope_wide, (principal.kind, principal.subject, resource_type, action, scope_id)
+        ):
+            return True
         key: CacheKey = (principal.kind, principal.subject, resource_type, action, resource_id, scope_id)
-        cached = self._fresh(key)
+        cached = self._fresh(self._cache, key)
         if cached is not None:
             return cached.allowed
         flight = self._flights.get(key)
@@ -206,14 +230,14 @@ class RbacPermissionChecker:
         answer = await asyncio.shield(flight.task)
         return answer is not None and answer.allowed
 
-    def _fresh(self, key: CacheKey) -> _Answer | None:
-        answer = self._cache.get(key)
+    def _fresh(self, cache: OrderedDict[Any, _Answer], key: Any) -> _Answer | None:
+        answer = cache.get(key)
         if answer is None:
             return None
         age = self._clock.now() - answer.at
         if not timedelta(0) <= age < self._ttl or answer.revision < self._min_revision:
             return None
-        self._cache.move_to_end(key)
+        cache.move_to_end(key)
         return answer
 
     def _start(self, key: CacheKey, principal: Principal) -> _Flight:
@@ -251,10 +275,18 @@ class RbacPermissionChecker:
                 raise errors.Unavailable("the permission service is unavailable") from error
             logger.error("RBAC Check failed with %s; denying", code.name)
             return None
-        answer = _Answer(response.allowed, response.revision, self._clock.now())
+        scope_wide = response.allowed and response.scope_wide and bool(resource_id)
+        answer = _Answer(response.allowed, response.revision, self._clock.now(), scope_wide)
         if generation == self._generation and self._ttl > timedelta(0):
-            self._cache[key] = answer
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._max_entries:
-                self._cache.popitem(last=False)
+            if scope_wide:
+                # It answers every resource of the type in the scope; no per-resource entry needed.
+                self._remember(self._scope_wide, (kind, subject, resource_type, action, scope_id), answer)
+            else:
+                self._remember(self._cache, key, answer)
         return answer
+
+    def _remember(self, cache: OrderedDict[Any, _Answer], key: Any, answer: _Answer) -> None:
+        cache[key] = answer
+        cache.move_to_end(key)
+        while len(cache) > self._max_entries:
+            cache.popitem(last=False)

@@ -4,25 +4,36 @@ An annotation names its target by kind and id (no foreign key: targets live
 in several store modules). `target_exists` checks a target against its own
 table, always within the project. Targets deleted elsewhere drop their
 annotations with `delete_for_targets` in the delete's transaction.
+
+`annotation_filters` gives a List's AIP-160 filter the fields `tags` and
+`metadata.KEY`, each an EXISTS subquery correlated with the listed row, so a
+filtered page is still one statement (served by ix_metadata_tags_project_tag
+and ix_metadata_entries_project_key, or the primary keys).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Column,
+    ColumnElement,
+    Exists,
     Index,
     PrimaryKeyConstraint,
     String,
     Table,
     UniqueConstraint,
+    case,
     delete,
+    exists,
     insert,
+    not_,
     select,
     update,
 )
@@ -31,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
+from services.kit.filtering import FilterField, FilterValue, PredicateField
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
 from services.metadata.store import metadata
 
@@ -47,6 +59,9 @@ TARGET_TABLES = {
     "code_repository": "metadata_code_repositories",
     "project": "metadata_projects",
 }
+# The kinds that carry typed metadata (the others only tags).
+METADATA_KINDS = ("run", "step", "artifact_version", "model_version")
+MAX_KEY = 256
 
 metadata_entries = Table(
     "metadata_entries",
@@ -300,3 +315,102 @@ async def delete_for_targets(conn: AsyncConnection, kind: str, target_ids: Any) 
         await conn.execute(
             delete(table).where(table.c.target_kind == kind, table.c.target_id.in_(target_ids))
         )
+
+
+def annotation_filters(
+    kind: str, id_column: ColumnElement[Any], project_column: ColumnElement[Any]
+) -> dict[str, FilterField | PredicateField]:
+    """The filter fields `tags` (every kind) and `metadata.KEY` (kinds with metadata) of a List of `kind`.
+
+    `id_column` and `project_column` are the listed row's id and project (a
+    project's own: its id), which the EXISTS subqueries correlate with.
+    """
+    fields: dict[str, FilterField | PredicateField] = {
+        "tags": PredicateField(_tag_restriction(kind, id_column, project_column))
+    }
+    if kind in METADATA_KINDS:
+        fields["metadata"] = PredicateField(
+            _metadata_restriction(kind, id_column, project_column), keyed=True
+        )
+    return fields
+
+
+Restriction = Callable[[str, str, FilterValue], ColumnElement[bool]]
+
+
+def _tag_restriction(
+    kind: str, id_column: ColumnElement[Any], project_column: ColumnElement[Any]
+) -> Restriction:
+    # tags:"x" (AIP-160's has on a repeated field) and tags:* (tagged at all).
+    def build(_key: str, op: str, value: FilterValue) -> ColumnElement[bool]:
+        if op != ":" or value.kind not in ("string", "present"):
+            raise ValueError('takes tags:"TAG" (has the tag) or tags:* (has any tag)')
+        tagged = exists().where(
+            tags.c.project_id == project_column, tags.c.target_kind == kind, tags.c.target_id == id_column
+        )
+        return tagged.where(tags.c.tag == value.value) if value.kind == "string" else tagged
+
+    return build
+
+
+# Which stored value kinds a literal compares with, how the JSON value is read, which operators apply.
+_NUMBER_OPS = ("=", ":", "!=", "<", "<=", ">", ">=")
+_EQUALITY_OPS = ("=", ":", "!=")
+_OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "=": operator.eq,
+    ":": operator.eq,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _metadata_restriction(
+    kind: str, id_column: ColumnElement[Any], project_column: ColumnElement[Any]
+) -> Restriction:
+    def build(key: str, op: str, value: FilterValue) -> ColumnElement[bool]:
+        if not key:
+            # metadata:"KEY" (AIP-160's has on a map): the key is present.
+            if op == ":" and value.kind == "string":
+                return _has_key(str(value.value))
+            raise ValueError('name a key: metadata.KEY:*, metadata.KEY = VALUE or metadata:"KEY"')
+        if len(key) > MAX_KEY:
+            raise ValueError(f"keys are at most {MAX_KEY} characters")
+        if value.kind == "present":
+            return _has_key(key)
+        if op == "!=":
+            # Two-valued, as on columns: true when the key is missing or holds another value.
+            return not_(_value_matches(key, "=", value))
+        return _value_matches(key, op, value)
+
+    def _has_key(key: str) -> Exists:
+        return exists().where(
+            metadata_entries.c.project_id == project_column,
+            metadata_entries.c.target_kind == kind,
+            metadata_entries.c.key == key,
+            metadata_entries.c.target_id == id_column,
+        )
+
+    def _value_matches(key: str, op: str, value: FilterValue) -> ColumnElement[bool]:
+        allowed: tuple[str, ...]
+        if value.kind == "number":
+            stored = _stored(("number",), metadata_entries.c.value[()].as_float())
+            allowed = _NUMBER_OPS
+        elif value.kind == "string":
+            stored = _stored(("string", "uri"), metadata_entries.c.value[()].as_string())
+            allowed = _EQUALITY_OPS
+        else:
+            stored = _stored(("bool",), metadata_entries.c.value[()].as_boolean())
+            allowed = _EQUALITY_OPS
+        if op not in allowed:
+            raise ValueError(f"compares {value.kind} values with {', '.join(allowed)} only")
+        compare = _OPERATORS[op]
+        return _has_key(key).where(compare(stored, value.value))
+
+    return build
+
+
+def _stored(kinds: tuple[str, ...], reading: ColumnElement[Any]) -> ColumnElement[Any]:
+    # CASE, not AND: PostgreSQL may evaluate a cast before a sibling condition, and "abc"::float fails.
+    return case((metadata_entries.c.value_kind.in_(kinds), reading), else_=None)

@@ -28,7 +28,7 @@ from services.metadata.artifacts import check_uri
 from services.metadata.pipelines import check_id
 from services.metadata.store import MetadataStore, idempotency
 
-METADATA_TARGETS = ("run", "step", "artifact_version", "model_version")
+METADATA_TARGETS = st.METADATA_KINDS
 TAG_TARGETS = tuple(st.TARGET_TABLES)
 LOG_TARGETS = ("run", "step")
 VALUE_KINDS = ("number", "string", "bool", "json", "uri")

@@ -112,7 +112,7 @@ def lineage_message(graph: ln.Graph) -> pb.Lineage:
     )
 
 
-def _version_input(message: pb.ArtifactVersion) -> VersionInput:
+def version_input(message: pb.ArtifactVersion) -> VersionInput:
     return VersionInput(
         uri=message.uri,
         type=message.type,
@@ -191,7 +191,7 @@ class ArtifactApi(pb_grpc.ArtifactServiceServicer):
         record, _ = await self.artifacts.create_version(
             request.project_id,
             request.artifact_id,
-            _version_input(request.artifact_version),
+            version_input(request.artifact_version),
             principal=principal_key(principal),
             request_id=request.request_id,
         )
@@ -255,7 +255,7 @@ class ArtifactApi(pb_grpc.ArtifactServiceServicer):
         validate_request_id(request.request_id)
         principal = require_principal()
         outputs = [
-            StepOutput(item.name, item.artifact_name, _version_input(item.artifact_version))
+            StepOutput(item.name, item.artifact_name, version_input(item.artifact_version))
             for item in request.outputs
         ]
         recorded = await self.artifacts.record_outputs(

@@ -1,7 +1,8 @@
 """gRPC servicer of keel.metadata.v1.ModelService: messages in, domain calls, messages out; no SQL.
 
-The creator of a model or model version owns it (recorded after the create
-commits, again on a retry). Deleting a model forgets the model's bindings.
+The creator of a model or model version owns it (the domain records the
+ownership before the insert, `domain.create_owned`). Deleting a model forgets
+the model's bindings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from services.metadata.artifact_store import ListQuery
 from services.metadata.domain import MetadataDomain, forget_quietly, principal_key
 from services.metadata.messages import timestamp
 from services.metadata.model_store import LinkRecord, ModelRecord, ModelVersionRecord
-from services.metadata.models import UPDATABLE, Models
+from services.metadata.models import UPDATABLE, VERSION_UPDATABLE, Models
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -31,6 +32,18 @@ _OUTPUT_ONLY = (
     "name",
     "latest_version_number",
     "production_version_id",
+    "create_time",
+    "update_time",
+    "etag",
+)
+# The stage moves only through PromoteModelVersion; the number never changes.
+_VERSION_OUTPUT_ONLY = (
+    "id",
+    "project_id",
+    "model_id",
+    "number",
+    "stage",
+    "stage_time",
     "create_time",
     "update_time",
     "etag",
@@ -99,20 +112,18 @@ class ModelApi(pb_grpc.ModelServiceServicer):
 
     def __init__(self, domain: MetadataDomain, models: Models | None = None) -> None:
         self._domain = domain
-        self.models = models or Models(domain.store, domain.clock)
+        self.models = models or Models(domain)
 
     async def CreateModel(self, request: pb.CreateModelRequest, context: Context) -> pb.Model:
         self._domain.workspace.require(request.workspace_id)
         validate_request_id(request.request_id)
-        principal = require_principal()
-        record, _ = await self.models.create_model(
+        record = await self.models.create_model(
+            require_principal(),
             request.project_id,
             request.model.name,
             request.model.description,
-            principal=principal_key(principal),
-            request_id=request.request_id,
+            request.request_id,
         )
-        await self._domain.ownership.record(principal, "model", record.id, record.project_id)
         return model_message(record)
 
     async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.Model:
@@ -148,15 +159,13 @@ class ModelApi(pb_grpc.ModelServiceServicer):
     ) -> pb.ModelVersion:
         self._domain.workspace.require(request.workspace_id)
         validate_request_id(request.request_id)
-        principal = require_principal()
-        record, _ = await self.models.create_version(
+        record = await self.models.create_version(
+            require_principal(),
             request.project_id,
             request.model_id,
             request.model_version.description,
-            principal=principal_key(principal),
-            request_id=request.request_id,
+            request.request_id,
         )
-        await self._domain.ownership.record(principal, "model_version", record.id, record.project_id)
         return version_message(record)
 
     async def GetModelVersion(self, request: pb.GetModelVersionRequest, context: Context) -> pb.ModelVersion:
@@ -177,6 +186,20 @@ class ModelApi(pb_grpc.ModelServiceServicer):
         return pb.ListModelVersionsResponse(
             model_versions=[version_message(record) for record in records], next_page_token=token
         )
+
+    async def UpdateModelVersion(
+        self, request: pb.UpdateModelVersionRequest, context: Context
+    ) -> pb.ModelVersion:
+        self._domain.workspace.require(request.workspace_id)
+        mask = resolve_update_mask(
+            list(request.update_mask.paths), VERSION_UPDATABLE, output_only=_VERSION_OUTPUT_ONLY
+        )
+        version = request.model_version
+        values = {name: getattr(version, name) for name in mask}
+        record = await self.models.update_version(
+            request.project_id, request.model_id, version.id, version.etag, values
+        )
+        return version_message(record)
 
     async def DeleteModelVersion(
         self, request: pb.DeleteModelVersionRequest, context: Context

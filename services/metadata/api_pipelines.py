@@ -1,9 +1,8 @@
 """gRPC servicer of keel.metadata.v1.PipelineService: messages in, domain calls, messages out; no SQL.
 
-Ownership: the creator is recorded as owner after the create commits, and
-again on a retry with the same request_id (RecordOwnership is idempotent for
-the same owner), so a create whose RBAC call failed is repaired by the retry
-the client makes anyway. Deletes forget the bindings afterwards.
+Ownership: the domain records the creator as owner before the insert and
+forgets it again if the insert fails (`domain.create_owned`); a retry with the
+same request_id returns the first result. Deletes forget the bindings afterwards.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from services.kit.errors import InvalidArgument
 from services.kit.fieldmask import etag, resolve_update_mask
 from services.kit.idempotency import validate_request_id
 from services.kit.pagination import page_size
-from services.metadata.domain import MetadataDomain, forget_quietly, principal_key
+from services.metadata.domain import MetadataDomain, forget_quietly
 from services.metadata.pipeline_store import PipelineRecord, SnapshotRecord
 from services.metadata.pipelines import UPDATABLE, Pipelines
 from services.metadata.snapshots import CodeReference, SnapshotInput, StepDefinition
@@ -133,22 +132,20 @@ class PipelineServicer(pipelines_pb2_grpc.PipelineServiceServicer):
 
     def __init__(self, domain: MetadataDomain, pipelines: Pipelines | None = None) -> None:
         self._domain = domain
-        self._pipelines = pipelines or Pipelines(domain.store, domain.clock)
+        self._pipelines = pipelines or Pipelines(domain)
 
     async def CreatePipeline(
         self, request: pipelines_pb2.CreatePipelineRequest, context: Context
     ) -> pipelines_pb2.Pipeline:
         self._domain.workspace.require(request.workspace_id)
-        principal = require_principal()
         validate_request_id(request.request_id)
-        record, _ = await self._pipelines.create_pipeline(
+        record = await self._pipelines.create_pipeline(
+            require_principal(),
             request.project_id,
             request.pipeline.name,
             request.pipeline.description,
-            principal=principal_key(principal),
-            request_id=request.request_id,
+            request.request_id,
         )
-        await self._domain.ownership.record(principal, "pipeline", record.id, record.project_id)
         return pipeline_message(record)
 
     async def GetPipeline(
@@ -205,16 +202,14 @@ class PipelineServicer(pipelines_pb2_grpc.PipelineServiceServicer):
         self, request: pipelines_pb2.CreateSnapshotRequest, context: Context
     ) -> pipelines_pb2.Snapshot:
         self._domain.workspace.require(request.workspace_id)
-        principal = require_principal()
         validate_request_id(request.request_id)
-        record, _ = await self._pipelines.create_snapshot(
+        record = await self._pipelines.create_snapshot(
+            require_principal(),
             request.project_id,
             request.pipeline_id,
             snapshot_input(request.snapshot),
-            principal=principal_key(principal),
-            request_id=request.request_id,
+            request.request_id,
         )
-        await self._domain.ownership.record(principal, "snapshot", record.id, record.project_id)
         return snapshot_message(record)
 
     async def GetSnapshot(

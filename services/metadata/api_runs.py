@@ -16,10 +16,14 @@ from google.protobuf import duration_pb2
 
 from keel.metadata.v1 import runs_pb2, runs_pb2_grpc
 from services.kit.context import require_principal
-from services.kit.errors import InvalidArgument
+from services.kit.errors import InvalidArgument, PermissionDenied
 from services.kit.pagination import page_size
+from services.metadata import run_callbacks as rcb
+from services.metadata.api_artifacts import version_input, version_message
 from services.metadata.api_pipelines import timestamp
+from services.metadata.artifacts import StepOutput
 from services.metadata.domain import MetadataDomain, forget_quietly, principal_key
+from services.metadata.run_callbacks import RunCallbacks
 from services.metadata.run_store import RunRecord, StepRunRecord
 from services.metadata.runs import Runs
 from services.metadata.watch import CHANGE, DELETED, HEARTBEAT, SNAPSHOT, ChangeHub, Watches, WatchEvent
@@ -88,10 +92,43 @@ def step_run_message(record: StepRunRecord) -> runs_pb2.StepRun:
     )
 
 
-def _reported(enum: Any, value: int) -> str:
+def _reported(enum: Any, value: int, field: str = "status") -> str:
     if value == 0 or value not in enum.values():
-        raise InvalidArgument("status", "must be set to a status")
+        raise InvalidArgument(field, "must be set to a status")
     return str(enum.Name(value)).lower()
+
+
+def _callback(message: runs_pb2.RunCallback, index: int) -> rcb.Callback:
+    """The domain form of one callback of a batch (INVALID_ARGUMENT naming the field)."""
+    where = f"callbacks[{index}]"
+    kind = message.WhichOneof("callback")
+    if kind == "run_status":
+        run = message.run_status
+        return rcb.RunStatusReport(
+            _reported(runs_pb2.Run.Status, run.status, f"{where}.run_status.status"),
+            run.status_reason,
+            run.orchestrator_run_id,
+        )
+    if kind == "step_status":
+        step = message.step_status
+        return rcb.StepStatusReport(
+            step.step_name,
+            _reported(runs_pb2.StepRun.Status, step.status, f"{where}.step_status.status"),
+            step.status_reason,
+            step.cache_key,
+        )
+    if kind == "step_heartbeat":
+        return rcb.StepHeartbeatReport(message.step_heartbeat.step_name)
+    if kind == "step_outputs":
+        outputs = message.step_outputs
+        return rcb.StepOutputsReport(
+            outputs.step_name,
+            [
+                StepOutput(item.name, item.artifact_name, version_input(item.artifact_version))
+                for item in outputs.outputs
+            ],
+        )
+    raise InvalidArgument(where, "must hold one callback")
 
 
 class RunServicer(runs_pb2_grpc.RunServiceServicer):
@@ -104,6 +141,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         self.hub = hub or ChangeHub()
         self.runs = runs or Runs(domain.store, domain.clock, notify=self.hub.notify)
         self.watches = Watches(domain.store, self.hub)
+        self.callbacks = RunCallbacks(domain.store, domain.clock, notify=self.hub.notify)
 
     async def CreateRun(self, request: runs_pb2.CreateRunRequest, context: Context) -> runs_pb2.Run:
         self._domain.workspace.require(request.workspace_id)
@@ -239,6 +277,42 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         return runs_pb2.SendStepHeartbeatResponse(
             applied=answer.applied,
             status=_step_status(answer.status),  # type: ignore[arg-type]
+        )
+
+    async def RecordRunCallbacks(
+        self, request: runs_pb2.RecordRunCallbacksRequest, context: Context
+    ) -> runs_pb2.RecordRunCallbacksResponse:
+        self._domain.workspace.require(request.workspace_id)
+        principal = require_principal()
+        callbacks = [_callback(message, i) for i, message in enumerate(request.callbacks)]
+        creates = any(isinstance(callback, rcb.StepOutputsReport) for callback in callbacks)
+        # Outputs create artifact versions: the caller must be allowed to (it becomes their owner).
+        if creates and not await self._domain.checker.check(
+            principal, "artifact_version", "create", "", request.project_id
+        ):
+            raise PermissionDenied("permission denied", metadata={"permission": "artifact_version.create"})
+        batch = await self.callbacks.apply(
+            request.project_id,
+            request.run_id,
+            callbacks,
+            principal=principal_key(principal),
+            request_id=request.request_id,
+        )
+        # After the commit, as RecordStepOutputs: a retry (same request id) records them again, idempotently.
+        for artifact_id in batch.new_artifact_ids:
+            await self._domain.ownership.record(principal, "artifact", artifact_id, request.project_id)
+        await self._domain.ownership.record_many(
+            principal, "artifact_version", batch.new_version_ids, request.project_id
+        )
+        return runs_pb2.RecordRunCallbacksResponse(
+            results=[
+                runs_pb2.RunCallbackResult(
+                    applied=result.applied,
+                    artifact_versions=[version_message(version) for version in result.versions],
+                )
+                for result in batch.results
+            ],
+            run=run_message(batch.run),
         )
 
     async def WatchRun(

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    case,
     delete,
     exists,
     insert,
@@ -41,10 +42,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
-from services.kit.filtering import FilterField, parse_filter
+from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import annotation_store
+from services.metadata.annotation_store import annotation_filters
+from services.metadata.rows import values_of
 from services.metadata.run_store import step_runs
 from services.metadata.store import metadata
 
@@ -107,23 +110,25 @@ step_artifacts = Table(
     Index("ix_metadata_step_artifacts_run", "run_id", "direction"),
 )
 
-ARTIFACT_FILTER: Mapping[str, FilterField] = {
+ARTIFACT_FILTER: Mapping[str, AnyField] = {
     "name": FilterField(artifacts.c.name, "string"),
     "type": FilterField(artifacts.c.type, "string"),
     "create_time": FilterField(artifacts.c.create_time, "timestamp"),
     "update_time": FilterField(artifacts.c.update_time, "timestamp"),
+    **annotation_filters("artifact", artifacts.c.id, artifacts.c.project_id),
 }
 ARTIFACT_SORTABLE: Mapping[str, ColumnElement[Any]] = {
     "create_time": artifacts.c.create_time,
     "name": artifacts.c.name,
 }
-VERSION_FILTER: Mapping[str, FilterField] = {
+VERSION_FILTER: Mapping[str, AnyField] = {
     "number": FilterField(artifact_versions.c.number, "int"),
     "type": FilterField(artifact_versions.c.type, "string"),
     "materializer": FilterField(artifact_versions.c.materializer, "string"),
     "content_hash": FilterField(artifact_versions.c.content_hash, "string"),
     "producer_run_id": FilterField(artifact_versions.c.producer_run_id, "string"),
     "create_time": FilterField(artifact_versions.c.create_time, "timestamp"),
+    **annotation_filters("artifact_version", artifact_versions.c.id, artifact_versions.c.project_id),
 }
 VERSION_SORTABLE: Mapping[str, ColumnElement[Any]] = {
     "number": artifact_versions.c.number,
@@ -226,7 +231,7 @@ async def insert_artifact(conn: AsyncConnection, record: ArtifactRecord) -> None
     """Inserts an artifact; NameTaken when the project already has one of that name."""
     try:
         async with conn.begin_nested():
-            await conn.execute(insert(artifacts).values(**dataclasses.asdict(record)))
+            await conn.execute(insert(artifacts).values(**values_of(record)))
     except IntegrityError:
         raise NameTaken(record.name) from None
 
@@ -249,6 +254,20 @@ async def get_artifact_by_name(conn: AsyncConnection, project_id: str, name: str
         )
     ).first()
     return None if row is None else _artifact(row)
+
+
+async def get_artifacts_by_names(
+    conn: AsyncConnection, project_id: str, names: Sequence[str]
+) -> dict[str, ArtifactRecord]:
+    """The artifacts of the project among `names`, by name (one query)."""
+    if not names:
+        return {}
+    rows = await conn.execute(
+        select(artifacts).where(
+            artifacts.c.project_id == project_id, artifacts.c.name.in_(sorted(set(names)))
+        )
+    )
+    return {record.name: record for record in map(_artifact, rows)}
 
 
 async def list_artifacts(
@@ -332,9 +351,40 @@ async def next_version_number(conn: AsyncConnection, project_id: str, artifact_i
     return None if number is None else int(number)
 
 
+async def take_version_numbers(
+    conn: AsyncConnection, project_id: str, counts: Mapping[str, int]
+) -> dict[str, int]:
+    """Takes `counts[id]` consecutive version numbers of each artifact; the first of each (two statements).
+
+    The rows are locked in id order first (FOR UPDATE with ORDER BY locks in that
+    order), so two batches over the same artifacts cannot deadlock; then one UPDATE
+    moves every counter. Missing artifacts are absent from the answer.
+    """
+    if not counts:
+        return {}
+    ids = sorted(counts)
+    locked = select(artifacts.c.id).where(artifacts.c.project_id == project_id, artifacts.c.id.in_(ids))
+    if conn.dialect.name == "postgresql":
+        await conn.execute(locked.order_by(artifacts.c.id).with_for_update())
+    step = case(counts, value=artifacts.c.id, else_=0)
+    rows = await conn.execute(
+        update(artifacts)
+        .where(artifacts.c.project_id == project_id, artifacts.c.id.in_(ids))
+        .values(latest_version_number=artifacts.c.latest_version_number + step)
+        .returning(artifacts.c.id, artifacts.c.latest_version_number)
+    )
+    return {row.id: int(row.latest_version_number) - counts[row.id] + 1 for row in rows}
+
+
+async def insert_versions(conn: AsyncConnection, records: Sequence[VersionRecord]) -> None:
+    """Inserts artifact versions in one statement (numbers taken with take_version_numbers)."""
+    if records:
+        await conn.execute(insert(artifact_versions), [values_of(record) for record in records])
+
+
 async def insert_version(conn: AsyncConnection, record: VersionRecord) -> None:
     """Inserts an artifact version (its number taken with next_version_number in the same transaction)."""
-    await conn.execute(insert(artifact_versions).values(**dataclasses.asdict(record)))
+    await conn.execute(insert(artifact_versions).values(**values_of(record)))
 
 
 async def get_version(
@@ -420,7 +470,7 @@ async def record_links(conn: AsyncConnection, project_id: str, links: Sequence[L
     for link in links:
         current = existing.get((link.step_run_id, link.direction, link.name))
         if current is None:
-            fresh.append({"project_id": project_id, **dataclasses.asdict(link)})
+            fresh.append({"project_id": project_id, **values_of(link)})
         elif current != link.artifact_version_id:
             raise LinkConflict(
                 f"{link.direction} {link.name!r} of step run {link.step_run_id} is already recorded"

@@ -87,6 +87,13 @@ class StepOutput:
     version: VersionInput
 
 
+def check_output(output: StepOutput, field: str) -> None:
+    """INVALID_ARGUMENT naming the first bad field of a step output."""
+    _check_link_name(output.name, f"{field}.name")
+    check_name(output.artifact_name, f"{field}.artifact_name")
+    check_version_input(output.version, f"{field}.artifact_version")
+
+
 @dataclass(frozen=True)
 class RecordedOutputs:
     """The versions of a RecordStepOutputs call, and which artifacts/versions it created now (to own)."""
@@ -333,9 +340,7 @@ class Artifacts:
         if not outputs or len(outputs) > MAX_LINKS:
             raise InvalidArgument("outputs", f"must hold 1 to {MAX_LINKS} outputs")
         for i, output in enumerate(outputs):
-            _check_link_name(output.name, f"outputs[{i}].name")
-            check_name(output.artifact_name, f"outputs[{i}].artifact_name")
-            check_version_input(output.version, f"outputs[{i}].artifact_version")
+            check_output(output, f"outputs[{i}]")
         if len({output.name for output in outputs}) != len(outputs):
             raise InvalidArgument("outputs", "output names must be distinct")
         method = f"RecordStepOutputs/{project_id}/{step_run_id}"

@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.kit import errors
 from services.kit.context import Principal
 from services.kit.fieldmask import check_etag
-from services.kit.filtering import FilterField
+from services.kit.filtering import AnyField, FilterField
 from services.kit.rbac_lookup import lookup_condition
 from services.metadata import rows, validation
+from services.metadata.annotation_store import annotation_filters
 from services.metadata.domain import MetadataDomain, create_owned, forget_quietly
 from services.metadata.store import CODE_REPOSITORY_SORTABLE, code_repositories, project_exists
 
@@ -29,11 +30,12 @@ _URL = re.compile(
 )
 _PASSWORD_IN_URL = re.compile(r"://[^/\s@]*:[^/\s@]*@")
 
-FILTERS: dict[str, FilterField] = {
+FILTERS: dict[str, AnyField] = {
     "name": FilterField(code_repositories.c.name, "string"),
     "type": FilterField(code_repositories.c.type, "enum", {name: name for name in TYPES}),
     "url": FilterField(code_repositories.c.url, "string"),
     "create_time": FilterField(code_repositories.c.create_time, "timestamp"),
+    **annotation_filters("code_repository", code_repositories.c.id, code_repositories.c.project_id),
 }
 
 

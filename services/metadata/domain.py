@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,7 +24,7 @@ from services.kit.rbac_client import RbacPermissionChecker
 from services.kit.rbac_lookup import RbacLookup
 from services.metadata.identity import ServedWorkspace
 from services.metadata.ownership import Ownership
-from services.metadata.rows import Conflict, InUse, Row
+from services.metadata.rows import Conflict, InUse
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import MetadataStore, idempotency
 
@@ -53,7 +54,8 @@ def principal_key(principal: Principal) -> str:
     return f"{principal.kind}:{principal.subject}"
 
 
-Fetch = Callable[[AsyncConnection, str], Awaitable[Row | None]]
+# What a create returns: a Row for most resources, a domain record for others.
+Created = TypeVar("Created")
 Write = Callable[[AsyncConnection], Awaitable[None]]
 
 
@@ -66,11 +68,11 @@ async def create_owned(
     resource_type: str,
     resource_id: str,
     what: str,
-    fetch: Fetch,
+    fetch: Callable[[AsyncConnection, str], Awaitable[Created | None]],
     write: Write,
     precheck: Write | None = None,
     project_id: str = "",
-) -> Row:
+) -> Created:
     """Creates a resource the caller owns; a retry with the same request id returns the first one."""
     validate_request_id(request_id)
     key = principal_key(principal)
@@ -85,7 +87,7 @@ async def create_owned(
         if precheck is not None:
             await precheck(tx.conn)
     # Ownership first: if it fails nothing exists; if the insert then fails, it is forgotten.
-    await domain.ownership.record(principal, resource_type, resource_id, project_id)
+    recorded = await domain.ownership.record(principal, resource_type, resource_id, project_id)
     try:
         async with domain.store.transaction() as tx:
             await write(tx.conn)
@@ -101,7 +103,8 @@ async def create_owned(
                 )
             created = await fetch(tx.conn, resource_id)
     except BaseException as error:
-        await forget_quietly(domain, principal, resource_type, resource_id, project_id)
+        if recorded:
+            await forget_quietly(domain, principal, resource_type, resource_id, project_id)
         if isinstance(error, Conflict):
             raise errors.AlreadyExists(f"a {what} with this name already exists") from None
         if isinstance(error, InUse):

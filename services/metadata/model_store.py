@@ -35,9 +35,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
-from services.kit.filtering import FilterField, parse_filter
+from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
 from services.kit.rbac_lookup import Lookup, lookup_condition
+from services.metadata.annotation_store import annotation_filters
 from services.metadata.store import metadata
 
 NONE = "none"
@@ -110,20 +111,22 @@ _T = TypeVar("_T")
 
 _production = model_versions.alias("production")
 
-MODEL_FILTER: Mapping[str, FilterField] = {
+MODEL_FILTER: Mapping[str, AnyField] = {
     "name": FilterField(models.c.name, "string"),
     "create_time": FilterField(models.c.create_time, "timestamp"),
     "update_time": FilterField(models.c.update_time, "timestamp"),
+    **annotation_filters("model", models.c.id, models.c.project_id),
 }
 MODEL_SORTABLE: Mapping[str, ColumnElement[Any]] = {
     "create_time": models.c.create_time,
     "name": models.c.name,
 }
-VERSION_FILTER: Mapping[str, FilterField] = {
+VERSION_FILTER: Mapping[str, AnyField] = {
     "number": FilterField(model_versions.c.number, "int"),
     "stage": FilterField(model_versions.c.stage, "enum", {stage.upper(): stage for stage in STAGES}),
     "create_time": FilterField(model_versions.c.create_time, "timestamp"),
     "stage_time": FilterField(model_versions.c.stage_time, "timestamp"),
+    **annotation_filters("model_version", model_versions.c.id, model_versions.c.project_id),
 }
 VERSION_SORTABLE: Mapping[str, ColumnElement[Any]] = {
     "number": model_versions.c.number,
@@ -350,6 +353,29 @@ async def list_versions(
         ),
     )
     return [_fields(ModelVersionRecord, row) for row in page.rows], page.next_page_token
+
+
+async def update_version(
+    conn: AsyncConnection,
+    record: ModelVersionRecord,
+    values: Mapping[str, Any],
+    now: datetime,
+    *,
+    expected_version: int | None,
+) -> ModelVersionRecord | None:
+    """Writes `values` (if still at `expected_version`, when given); the new row, None if it changed."""
+    where = [model_versions.c.project_id == record.project_id, model_versions.c.id == record.id]
+    if expected_version is not None:
+        where.append(model_versions.c.version == expected_version)
+    row = (
+        await conn.execute(
+            update(model_versions)
+            .where(*where)
+            .values(**values, update_time=now, version=model_versions.c.version + 1)
+            .returning(*model_versions.c)
+        )
+    ).first()
+    return None if row is None else _fields(ModelVersionRecord, row)
 
 
 async def set_stage(

@@ -9,7 +9,8 @@ model are serialized by the model row's lock, taken first; the partial unique
 index is the backstop. Moving a version to the stage it is in changes nothing.
 
 Deleting a model deletes its versions, their links and annotations in a
-bounded number of statements (one per table).
+bounded number of statements (one per table). Models and versions are created
+through `domain.create_owned` (the caller's ownership first, then the insert).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.kit.clock import Clock
-from services.kit.errors import AlreadyExists, InvalidArgument, NotFound
+from services.kit.context import Principal
+from services.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from services.kit.fieldmask import check_etag
 from services.kit.idempotency import recall, remember
 from services.kit.rbac_lookup import Lookup
@@ -31,12 +32,15 @@ from services.metadata import annotation_store as ans
 from services.metadata import artifact_store as ast
 from services.metadata import model_store as st
 from services.metadata.artifact_store import ListQuery
+from services.metadata.domain import MetadataDomain, create_owned
 from services.metadata.model_store import LinkRecord, ModelRecord, ModelVersionRecord
 from services.metadata.pipelines import check_description, check_id, check_name, require_project
 from services.metadata.run_store import runs
-from services.metadata.store import MetadataStore, idempotency, register_project_content_check
+from services.metadata.store import idempotency, register_project_content_check
 
 UPDATABLE = ("description",)
+# What UpdateModelVersion may change: the stage moves only by promotion, the number never.
+VERSION_UPDATABLE = ("description",)
 # The stage a production version is moved to when another is promoted.
 DEMOTED_STAGE = st.ARCHIVED
 LINK_TARGETS = ("artifact_version", "run")
@@ -55,44 +59,47 @@ class Promotion:
 class Models:
     """Models, versions, stages and links of the projects of this workspace."""
 
-    def __init__(self, store: MetadataStore, clock: Clock, new_id: Callable[[], str] | None = None) -> None:
-        self._store = store
-        self._clock = clock
+    def __init__(self, domain: MetadataDomain, new_id: Callable[[], str] | None = None) -> None:
+        self._domain = domain
+        self._store = domain.store
+        self._clock = domain.clock
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
 
     async def create_model(
-        self, project_id: str, name: str, description: str, *, principal: str = "", request_id: str = ""
-    ) -> tuple[ModelRecord, bool]:
-        """The new model and whether it was created now (False: a retry of `request_id`)."""
+        self, principal: Principal, project_id: str, name: str, description: str, request_id: str = ""
+    ) -> ModelRecord:
+        """A new model the caller owns; a retry with `request_id` returns the first one."""
         check_id(project_id, "project_id")
         check_name(name, "model.name")
         check_description(description, "model.description")
-        method = f"CreateModel/{project_id}"
-        async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    return await self._model(tx.conn, project_id, known.decode()), False
-            await require_project(tx.conn, project_id)
+        model_id = self._new_id()
+
+        async def precheck(conn: AsyncConnection) -> None:
+            await require_project(conn, project_id)
+
+        async def write(conn: AsyncConnection) -> None:
+            await require_project(conn, project_id)
             now = self._clock.now()
-            record = ModelRecord(self._new_id(), project_id, name, description, 0, now, now, 1)
             try:
-                await st.insert_model(tx.conn, record)
+                await st.insert_model(
+                    conn, ModelRecord(model_id, project_id, name, description, 0, now, now, 1)
+                )
             except st.NameTaken:
                 raise AlreadyExists(f"a model named {name!r} exists in the project") from None
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=now,
-                )
-        return record, True
+
+        return await create_owned(
+            self._domain,
+            principal,
+            method=f"CreateModel/{project_id}",
+            request_id=request_id,
+            resource_type="model",
+            resource_id=model_id,
+            project_id=project_id,
+            what="model",
+            fetch=lambda conn, found_id: st.get_model(conn, project_id, found_id),
+            write=write,
+            precheck=precheck,
+        )
 
     async def get_model(self, project_id: str, model_id: str) -> ModelRecord:
         """The model; NOT_FOUND also for another project's."""
@@ -132,39 +139,42 @@ class Models:
             return await st.delete_model(tx.conn, project_id, model_id)
 
     async def create_version(
-        self, project_id: str, model_id: str, description: str, *, principal: str = "", request_id: str = ""
-    ) -> tuple[ModelVersionRecord, bool]:
-        """A new version (stage NONE) numbered atomically; False: a retry of `request_id`."""
+        self, principal: Principal, project_id: str, model_id: str, description: str, request_id: str = ""
+    ) -> ModelVersionRecord:
+        """A new version (stage NONE) numbered atomically, owned by the caller; a retry returns the first."""
         check_id(project_id, "project_id")
         check_id(model_id, "model_id")
         check_description(description, "model_version.description")
-        method = f"CreateModelVersion/{project_id}/{model_id}"
-        async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    return await self._version(tx.conn, project_id, model_id, known.decode()), False
+        version_id = self._new_id()
+
+        async def precheck(conn: AsyncConnection) -> None:
+            await self._model(conn, project_id, model_id)
+
+        async def write(conn: AsyncConnection) -> None:
             now = self._clock.now()
-            number = await st.next_version_number(tx.conn, project_id, model_id, now)
+            number = await st.next_version_number(conn, project_id, model_id, now)
             if number is None:
                 raise NotFound("model not found")
-            record = ModelVersionRecord(
-                self._new_id(), project_id, model_id, number, description, st.NONE, now, now, now, 1
+            await st.insert_version(
+                conn,
+                ModelVersionRecord(
+                    version_id, project_id, model_id, number, description, st.NONE, now, now, now, 1
+                ),
             )
-            await st.insert_version(tx.conn, record)
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=now,
-                )
-        return record, True
+
+        return await create_owned(
+            self._domain,
+            principal,
+            method=f"CreateModelVersion/{project_id}/{model_id}",
+            request_id=request_id,
+            resource_type="model_version",
+            resource_id=version_id,
+            project_id=project_id,
+            what="model version",
+            fetch=lambda conn, found_id: st.get_version(conn, project_id, model_id, found_id),
+            write=write,
+            precheck=precheck,
+        )
 
     async def get_version(self, project_id: str, model_id: str, version_id: str) -> ModelVersionRecord:
         """The version; NOT_FOUND also for another model's or project's."""
@@ -180,6 +190,34 @@ class Models:
         async with self._store.transaction() as tx:
             await self._model(tx.conn, project_id, model_id)
             return await st.list_versions(tx.conn, project_id, model_id, query, readable)
+
+    async def update_version(
+        self, project_id: str, model_id: str, version_id: str, supplied_etag: str, values: Mapping[str, Any]
+    ) -> ModelVersionRecord:
+        """Writes the masked user-editable fields (description); ABORTED on a stale etag."""
+        check_id(project_id, "project_id")
+        check_id(model_id, "model_id")
+        check_id(version_id, "model_version.id")
+        if "description" in values:
+            check_description(values["description"], "model_version.description")
+        async with self._store.transaction() as tx:
+            current = await self._version(tx.conn, project_id, model_id, version_id)
+            check_etag(supplied_etag, current.version)
+            updated = await st.update_version(
+                tx.conn,
+                current,
+                values,
+                self._clock.now(),
+                expected_version=current.version if supplied_etag else None,
+            )
+        if updated is None and not supplied_etag:
+            raise NotFound("model version not found")  # deleted between the read and the write
+        if updated is None:
+            # The etag matched, then a promotion or another update landed before the write.
+            raise Aborted(
+                "the model version changed while being updated; read it again", reason="ETAG_MISMATCH"
+            )
+        return updated
 
     async def delete_version(self, project_id: str, model_id: str, version_id: str) -> None:
         """Deletes a version, its links and annotations."""

@@ -8,6 +8,7 @@ lookup, so the creator can read and list the new resource at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -19,6 +20,9 @@ from services.kit.interceptors import AUTHORIZATION_KEY
 from services.kit.rbac_client import RbacPermissionChecker
 from services.kit.rbac_lookup import RbacLookup
 from services.metadata.identity import ServedWorkspace
+
+# BatchRecordOwnership takes at most this many resources per call (RBAC's bound).
+MAX_OWNERSHIP_BATCH = 1000
 
 _SUBJECT_KINDS = {
     "user": rbac_pb2.Subject.USER,
@@ -57,10 +61,10 @@ class Ownership:
 
     async def record(
         self, principal: Principal, resource_type: str, resource_id: str, project_id: str = ""
-    ) -> None:
-        """Makes the caller the owner of a resource it just created."""
+    ) -> bool:
+        """Makes the caller the owner of a resource it just created; False when it holds no bindings."""
         if principal.kind not in _SUBJECT_KINDS:
-            return  # a workload holds no bindings
+            return False  # a workload holds no bindings
         binding = await self._call(
             "RecordOwnership",
             rbac_pb2.RecordOwnershipRequest(
@@ -69,7 +73,36 @@ class Ownership:
             ),
             principal,
         )
-        self._noted(binding.revision)
+        self._noted(binding.revision, principal)
+        return True
+
+    async def record_many(
+        self, principal: Principal, resource_type: str, ids: Sequence[str], project_id: str = ""
+    ) -> bool:
+        """Makes the caller the owner of many resources of one type it just created; False when it
+        holds no bindings (a workload) or there is nothing to record.
+
+        One BatchRecordOwnership per 1,000 ids, each all or nothing (idempotent, so a retry after
+        a failed later call is safe).
+        """
+        if principal.kind not in _SUBJECT_KINDS or not ids:
+            return False  # a workload holds no bindings
+        owner = rbac_pb2.Subject(kind=_SUBJECT_KINDS[principal.kind], id=principal.subject)
+        for start in range(0, len(ids), MAX_OWNERSHIP_BATCH):
+            answer = await self._call(
+                "BatchRecordOwnership",
+                rbac_pb2.BatchRecordOwnershipRequest(
+                    organization_id=self._served.organization_id,
+                    owner=owner,
+                    resources=[
+                        self.resource(resource_type, resource_id, project_id)
+                        for resource_id in ids[start : start + MAX_OWNERSHIP_BATCH]
+                    ],
+                ),
+                principal,
+            )
+            self._noted(answer.revision, principal)
+        return True
 
     async def forget(
         self, principal: Principal, resource_type: str, resource_id: str, project_id: str = ""
@@ -82,9 +115,13 @@ class Ownership:
         )
         self._noted(answer.revision)
 
-    def _noted(self, revision: int) -> None:
+    def _noted(self, revision: int, owner: Principal | None = None) -> None:
         self._checker.note_revision(revision)
         self._lookup.note_revision(revision)
+        if owner is not None:
+            # Ownership does not move RBAC's revision: drop the owner's cached lookups instead,
+            # so the creator lists what it just created at once.
+            self._lookup.invalidate(owner.subject)
 
     async def _call(self, method: str, request: Any, principal: Principal) -> Any:
         metadata = ((AUTHORIZATION_KEY, f"Bearer {principal.token}"),) if principal.token else None

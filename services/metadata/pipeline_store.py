@@ -33,9 +33,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
-from services.kit.filtering import FilterField, parse_filter
+from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import Page, paginate, parse_order_by, query_fingerprint
 from services.kit.rbac_lookup import Lookup, lookup_condition
+from services.metadata.annotation_store import annotation_filters
 from services.metadata.run_store import lock_on_sqlite
 from services.metadata.snapshots import CodeReference, SnapshotInput, StepDefinition
 from services.metadata.store import metadata
@@ -75,17 +76,19 @@ snapshots = Table(
     Index("ix_metadata_snapshots_code_repository", "code_repository_id"),
 )
 
-PIPELINE_FILTER: Mapping[str, FilterField] = {
+PIPELINE_FILTER: Mapping[str, AnyField] = {
     "name": FilterField(pipelines.c.name, "string"),
     "create_time": FilterField(pipelines.c.create_time, "timestamp"),
+    **annotation_filters("pipeline", pipelines.c.id, pipelines.c.project_id),
 }
 PIPELINE_SORTABLE: Mapping[str, ColumnElement[Any]] = {
     "create_time": pipelines.c.create_time,
     "name": pipelines.c.name,
 }
-SNAPSHOT_FILTER: Mapping[str, FilterField] = {
+SNAPSHOT_FILTER: Mapping[str, AnyField] = {
     "stack_id": FilterField(snapshots.c.stack_id, "string"),
     "create_time": FilterField(snapshots.c.create_time, "timestamp"),
+    **annotation_filters("snapshot", snapshots.c.id, snapshots.c.project_id),
 }
 SNAPSHOT_SORTABLE: Mapping[str, ColumnElement[Any]] = {"create_time": snapshots.c.create_time}
 

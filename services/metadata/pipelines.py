@@ -6,7 +6,8 @@ never updated. Deleting a snapshot used by a run is FAILED_PRECONDITION;
 deleting a pipeline is FAILED_PRECONDITION while any run of it exists — runs
 are the record of what happened, so they are never dropped as a side effect
 of tidying up pipelines: the caller deletes the runs first, on purpose. The
-pipeline's snapshots (unused by then) go with it.
+pipeline's snapshots (unused by then) go with it. Creates go through
+`domain.create_owned`: the caller's ownership first, then the insert.
 """
 
 from __future__ import annotations
@@ -19,19 +20,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.kit.clock import Clock
+from services.kit.context import Principal
 from services.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.kit.fieldmask import check_etag
-from services.kit.idempotency import recall, remember
 from services.kit.rbac_lookup import Lookup
 from services.metadata import pipeline_store as ps
 from services.metadata import run_store as rs
+from services.metadata.domain import MetadataDomain, create_owned
 from services.metadata.pipeline_store import PipelineRecord, SnapshotRecord
 from services.metadata.snapshots import MAX_DESCRIPTION, SnapshotInput, validate_snapshot
 from services.metadata.store import (
-    MetadataStore,
     code_repositories,
-    idempotency,
     projects,
     register_project_content_check,
     stacks,
@@ -77,53 +76,47 @@ async def require_project(conn: AsyncConnection, project_id: str) -> None:
 class Pipelines:
     """Pipelines and snapshots of the projects of this workspace."""
 
-    def __init__(self, store: MetadataStore, clock: Clock, new_id: Callable[[], str] | None = None) -> None:
-        self._store = store
-        self._clock = clock
+    def __init__(self, domain: MetadataDomain, new_id: Callable[[], str] | None = None) -> None:
+        self._domain = domain
+        self._store = domain.store
+        self._clock = domain.clock
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
 
     async def create_pipeline(
-        self,
-        project_id: str,
-        name: str,
-        description: str,
-        *,
-        principal: str = "",
-        request_id: str = "",
-    ) -> tuple[PipelineRecord, bool]:
-        """The new pipeline and whether it was created now (False: a retry of `request_id`)."""
+        self, principal: Principal, project_id: str, name: str, description: str, request_id: str = ""
+    ) -> PipelineRecord:
+        """A new pipeline the caller owns; a retry with `request_id` returns the first one."""
         project_id = check_id(project_id, "project_id")
         name = check_name(name, "pipeline.name")
         description = check_description(description, "pipeline.description")
-        method = f"CreatePipeline/{project_id}"
-        async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    existing = await ps.get_pipeline(tx.conn, project_id, known.decode())
-                    if existing is None:
-                        raise NotFound("pipeline not found")
-                    return existing, False
-            await require_project(tx.conn, project_id)
+        pipeline_id = self._new_id()
+
+        async def precheck(conn: AsyncConnection) -> None:
+            await require_project(conn, project_id)
+
+        async def write(conn: AsyncConnection) -> None:
+            await require_project(conn, project_id)
             now = self._clock.now()
-            record = PipelineRecord(self._new_id(), project_id, name, description, now, now, 1)
             try:
-                await ps.insert_pipeline(tx.conn, record)
+                await ps.insert_pipeline(
+                    conn, PipelineRecord(pipeline_id, project_id, name, description, now, now, 1)
+                )
             except ps.NameTaken:
                 raise AlreadyExists(f"a pipeline named {name!r} exists in the project") from None
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=now,
-                )
-        return record, True
+
+        return await create_owned(
+            self._domain,
+            principal,
+            method=f"CreatePipeline/{project_id}",
+            request_id=request_id,
+            resource_type="pipeline",
+            resource_id=pipeline_id,
+            project_id=project_id,
+            what="pipeline",
+            fetch=lambda conn, found_id: ps.get_pipeline(conn, project_id, found_id),
+            write=write,
+            precheck=precheck,
+        )
 
     async def get_pipeline(self, project_id: str, pipeline_id: str) -> PipelineRecord:
         """The pipeline; NOT_FOUND also for another project's."""
@@ -187,34 +180,25 @@ class Pipelines:
 
     async def create_snapshot(
         self,
+        principal: Principal,
         project_id: str,
         pipeline_id: str,
         snapshot: SnapshotInput,
-        *,
-        principal: str = "",
         request_id: str = "",
-    ) -> tuple[SnapshotRecord, bool]:
-        """The new snapshot and whether it was created now (False: a retry of `request_id`)."""
+    ) -> SnapshotRecord:
+        """A new snapshot the caller owns; a retry with `request_id` returns the first one."""
         check_id(project_id, "project_id")
         check_id(pipeline_id, "pipeline_id")
         snapshot = validate_snapshot(snapshot)
-        method = f"CreateSnapshot/{pipeline_id}"
-        async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    existing = await ps.get_snapshot(tx.conn, project_id, known.decode())
-                    if existing is None:
-                        raise NotFound("snapshot not found")
-                    return existing, False
-            await _pipeline_or_not_found(tx.conn, project_id, pipeline_id)
-            if await tx.conn.scalar(select(stacks.c.id).where(stacks.c.id == snapshot.stack_id)) is None:
+        snapshot_id = self._new_id()
+
+        async def precheck(conn: AsyncConnection) -> None:
+            await _pipeline_or_not_found(conn, project_id, pipeline_id)
+            if await conn.scalar(select(stacks.c.id).where(stacks.c.id == snapshot.stack_id)) is None:
                 raise InvalidArgument("snapshot.stack_id", "is not a stack of this workspace")
             repository = snapshot.code_reference.code_repository_id
             if repository and (
-                await tx.conn.scalar(
+                await conn.scalar(
                     select(code_repositories.c.id).where(
                         code_repositories.c.id == repository, code_repositories.c.project_id == project_id
                     )
@@ -224,26 +208,31 @@ class Pipelines:
                 raise InvalidArgument(
                     "snapshot.code_reference.code_repository_id", "is not a code repository of this project"
                 )
-            now = self._clock.now()
-            record = await ps.insert_snapshot(
-                tx.conn,
-                snapshot_id=self._new_id(),
+
+        async def write(conn: AsyncConnection) -> None:
+            await precheck(conn)
+            await ps.insert_snapshot(
+                conn,
+                snapshot_id=snapshot_id,
                 project_id=project_id,
                 pipeline_id=pipeline_id,
                 snapshot=snapshot,
-                now=now,
+                now=self._clock.now(),
             )
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=now,
-                )
-        return record, True
+
+        return await create_owned(
+            self._domain,
+            principal,
+            method=f"CreateSnapshot/{pipeline_id}",
+            request_id=request_id,
+            resource_type="snapshot",
+            resource_id=snapshot_id,
+            project_id=project_id,
+            what="snapshot",
+            fetch=lambda conn, found_id: ps.get_snapshot(conn, project_id, found_id),
+            write=write,
+            precheck=precheck,
+        )
 
     async def get_snapshot(self, project_id: str, pipeline_id: str, snapshot_id: str) -> SnapshotRecord:
         """The snapshot with its steps; NOT_FOUND also for another project's or pipeline's."""

@@ -13,11 +13,14 @@ from services.kit.context import Principal
 from services.kit.fieldmask import check_etag
 from services.kit.rbac_lookup import lookup_condition
 from services.metadata import rows, validation
+from services.metadata.annotation_store import annotation_filters
 from services.metadata.domain import MetadataDomain, create_owned, forget_quietly
 from services.metadata.store import PROJECT_FILTERS, PROJECT_SORTABLE, project_content, projects
 
 CREATE_METHOD = "keel.metadata.v1.ProjectService/CreateProject"
 UPDATABLE = ("name", "display_name", "description")
+# A project's tags are its own annotations (target and project are the project).
+_FILTERS = {**PROJECT_FILTERS, **annotation_filters("project", projects.c.id, projects.c.id)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class Projects:
                 projects,
                 query,
                 method="ListProjects",
-                filter_fields=PROJECT_FILTERS,
+                filter_fields=_FILTERS,
                 sortable=PROJECT_SORTABLE,
                 visible=lookup_condition(readable, projects.c.id),
             )

@@ -9,6 +9,7 @@ Either leaves the transaction unusable: the caller raises and it rolls back.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +18,15 @@ from sqlalchemy import ColumnElement, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.kit.filtering import FilterField, parse_filter
+from services.kit.filtering import AnyField, parse_filter
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
 
 Row = dict[str, Any]
+
+
+def values_of(record: Any) -> dict[str, Any]:
+    """The fields of a flat record dataclass as a new dict (no deep copy, unlike dataclasses.asdict)."""
+    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
 
 
 class Conflict(Exception):
@@ -109,7 +115,7 @@ async def list_rows(
     query: ListQuery,
     *,
     method: str,
-    filter_fields: Mapping[str, FilterField],
+    filter_fields: Mapping[str, AnyField],
     sortable: Mapping[str, ColumnElement[Any]],
     visible: ColumnElement[bool],
     scope: Mapping[str, str] | None = None,

@@ -18,6 +18,7 @@ applies the ListRuns filter and the LookupResources condition in SQL.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,6 +44,7 @@ from services.kit.db import UtcDateTime
 from services.kit.filtering import FilterField, parse_filter
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import run_store as rs
+from services.metadata.rows import values_of
 from services.metadata.run_store import RunRecord, StepRunRecord
 from services.metadata.store import metadata
 
@@ -106,7 +108,7 @@ class Change:
 
 
 def _encode(record: Any) -> dict[str, Any]:
-    values = dataclasses.asdict(record)
+    values = values_of(record)
     for name, value in values.items():
         if isinstance(value, datetime):
             values[name] = value.isoformat()
@@ -125,6 +127,38 @@ def _decode(cls: Any, values: Mapping[str, Any]) -> Any:
             value = tuple(value)
         fields[field.name] = value
     return cls(**fields)
+
+
+_LOG_COLUMNS = {
+    "project_id": "varchar",
+    "run_id": "varchar",
+    "step_run_id": "varchar",
+    "kind": "varchar",
+    "change_time": "timestamptz",
+    "status": "varchar",
+    "pipeline_id": "varchar",
+    "snapshot_id": "varchar",
+    "trigger": "varchar",
+    "create_time": "timestamptz",
+    "start_time": "timestamptz",
+    "end_time": "timestamptz",
+    "run": "json",
+    "step_run": "json",
+}
+# PostgreSQL: the counter bump, the rows and the NOTIFY (delivered at commit) in one statement.
+# Built from the constant column list above only; every value is a bound parameter.
+_LOG_INSERT = text(
+    "WITH bumped AS (UPDATE metadata_run_change_counter SET last_sequence = last_sequence + :count"  # noqa: S608
+    " WHERE id = :counter RETURNING last_sequence),"
+    " notified AS (SELECT pg_notify(:channel, CAST(last_sequence AS text)) AS sent FROM bumped)"
+    f" INSERT INTO metadata_run_changes (sequence, {', '.join(_LOG_COLUMNS)})"
+    " SELECT bumped.last_sequence - :count + batch.position, "
+    + ", ".join(f"batch.{name}" for name in _LOG_COLUMNS)
+    + " FROM bumped CROSS JOIN notified CROSS JOIN unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _LOG_COLUMNS.items())
+    + f") WITH ORDINALITY AS batch({', '.join(_LOG_COLUMNS)}, position)"
+    " RETURNING sequence"
+)
 
 
 class ChangeBatch:
@@ -152,25 +186,17 @@ class ChangeBatch:
     async def record(self, conn: AsyncConnection, now: datetime) -> int | None:
         """Numbers and writes the changes, NOTIFYs on PostgreSQL; the last sequence (None when empty).
 
-        Takes the counter's row lock, held until the transaction ends: call it after every other write.
+        Takes the counter's row lock, held until the transaction ends: call it after every other
+        write. Every callback of the workspace passes through that one lock, so on PostgreSQL
+        the bump, the INSERT and the NOTIFY are one statement: the lock is held for it and the
+        COMMIT only.
         """
         if not self._rows:
             return None
-        counter = run_change_counter.c
-        last = int(
-            (
-                await conn.execute(
-                    update(run_change_counter)
-                    .where(counter.id == COUNTER_ID)
-                    .values(last_sequence=counter.last_sequence + len(self._rows))
-                    .returning(counter.last_sequence)
-                )
-            ).scalar_one()
-        )
-        first = last - len(self._rows) + 1
-        rows = [
+        count = len(self._rows)
+        rows: list[dict[str, Any]] = [
             {
-                "sequence": first + offset,
+                "offset": offset,
                 "project_id": run.project_id,
                 "run_id": run.id,
                 "step_run_id": "" if step is None else step.id,
@@ -188,18 +214,29 @@ class ChangeBatch:
             }
             for offset, (kind, run, step) in enumerate(self._rows)
         ]
-        await conn.execute(insert(run_changes), rows)
-        if conn.dialect.name == "postgresql":
-            # Delivered at commit, and only if it commits.
-            await conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {
-                    "channel": NOTIFY_CHANNEL,
-                    "payload": str(last),
-                },
-            )
         self._rows.clear()
-        return last
+        counter = run_change_counter.c
+        bump = (
+            update(run_change_counter)
+            .where(counter.id == COUNTER_ID)
+            .values(last_sequence=counter.last_sequence + count)
+            .returning(counter.last_sequence)
+        )
+        if conn.dialect.name != "postgresql":
+            last = int((await conn.execute(bump)).scalar_one())
+            await conn.execute(
+                insert(run_changes),
+                [{"sequence": last - count + 1 + row.pop("offset"), **row} for row in rows],
+            )
+            return last
+        # Arrays through unnest: one statement text whatever the batch size, compiled and prepared once.
+        params: dict[str, Any] = {"count": count, "counter": COUNTER_ID, "channel": NOTIFY_CHANNEL}
+        for name in _LOG_COLUMNS:
+            params[name] = [
+                json.dumps(row[name]) if name in ("run", "step_run") else row[name] for row in rows
+            ]
+        written = await conn.execute(_LOG_INSERT, params)
+        return max(int(sequence) for sequence in written.scalars())
 
 
 async def cursor_bounds(conn: AsyncConnection) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -36,10 +37,12 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
-from services.kit.filtering import FilterField, parse_filter
+from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import paginate, parse_order_by, query_fingerprint
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import run_states
+from services.metadata.annotation_store import annotation_filters
+from services.metadata.rows import values_of
 from services.metadata.store import metadata
 
 TRIGGERS = ("user", "schedule", "dashboard")
@@ -129,11 +132,17 @@ RUN_SORTABLE: Mapping[str, ColumnElement[Any]] = {
     "create_time": runs.c.create_time,
     "start_time": runs.c.start_time,
 }
-STEP_FILTER: Mapping[str, FilterField] = {
+# ListRuns adds tags and run metadata to RUN_FILTER; WatchRuns filters change-log rows by RUN_FILTER alone.
+LIST_RUN_FILTER: Mapping[str, AnyField] = {
+    **RUN_FILTER,
+    **annotation_filters("run", runs.c.id, runs.c.project_id),
+}
+STEP_FILTER: Mapping[str, AnyField] = {
     "name": FilterField(step_runs.c.name, "string"),
     "status": FilterField(
         step_runs.c.status, "enum", {status.upper(): status for status in run_states.STEP_STATUSES}
     ),
+    **annotation_filters("step", step_runs.c.id, step_runs.c.project_id),
 }
 
 
@@ -206,8 +215,8 @@ def _step(row: Row[Any]) -> StepRunRecord:
 
 async def insert_run(conn: AsyncConnection, run: RunRecord, steps: Sequence[StepRunRecord]) -> None:
     """Adds a run and all its step runs: one INSERT for the run, one multi-row INSERT for the steps."""
-    await conn.execute(insert(runs).values(**dataclasses.asdict(run)))
-    rows = [{**dataclasses.asdict(step), "parents": list(step.parents)} for step in steps]
+    await conn.execute(insert(runs).values(**values_of(run)))
+    rows = [{**values_of(step), "parents": list(step.parents)} for step in steps]
     await conn.execute(insert(step_runs), rows)
 
 
@@ -238,7 +247,7 @@ async def list_runs(
     stmt = select(runs).where(
         runs.c.project_id == project_id, lookup_condition(readable, runs.c.id, runs.c.project_id)
     )
-    condition = parse_filter(filter_text, RUN_FILTER)
+    condition = parse_filter(filter_text, LIST_RUN_FILTER)
     if condition is not None:
         stmt = stmt.where(condition)
     page = await paginate(
@@ -342,6 +351,29 @@ async def update_step(conn: AsyncConnection, step_id: str, values: Mapping[str, 
         update(step_runs).where(step_runs.c.id == step_id).values(**values).returning(*step_runs.c)
     )
     return _step(result.one())
+
+
+async def write_steps(conn: AsyncConnection, steps: Sequence[StepRunRecord]) -> None:
+    """Writes the changing columns of several step runs in one executemany UPDATE."""
+    if not steps:
+        return
+    columns = (
+        "status",
+        "status_reason",
+        "attempt_count",
+        "cache_key",
+        "update_time",
+        "start_time",
+        "end_time",
+        "last_heartbeat_time",
+        "heartbeat_deadline",
+    )
+    await conn.execute(
+        update(step_runs)
+        .where(step_runs.c.id == bindparam("step_id"))
+        .values({name: bindparam(f"new_{name}") for name in columns}),
+        [{"step_id": step.id, **{f"new_{name}": getattr(step, name) for name in columns}} for step in steps],
+    )
 
 
 async def record_heartbeat(conn: AsyncConnection, step_id: str, now: datetime, deadline: datetime) -> bool:

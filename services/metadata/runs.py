@@ -81,13 +81,15 @@ class RunDag:
     steps: list[StepRunRecord]
 
 
-def _check_reason(value: str, field: str) -> str:
+def check_reason(value: str, field: str) -> str:
+    """INVALID_ARGUMENT when a status reason is too long."""
     if len(value) > MAX_REASON:
         raise InvalidArgument(field, f"must be at most {MAX_REASON} characters")
     return value
 
 
-def _check_request_id(value: str) -> str:
+def check_request_id(value: str) -> str:
+    """INVALID_ARGUMENT unless a callback's request id is present and well formed."""
     if not value:
         raise InvalidArgument("request_id", "is required on orchestrator callbacks")
     validate_request_id(value)
@@ -145,7 +147,7 @@ class Runs:
                     tx.conn, idempotency, method=method, principal=principal, request_id=request_id
                 )
                 if known is not None:
-                    return await _run_or_not_found(tx.conn, project_id, known.decode()), False
+                    return await run_or_not_found(tx.conn, project_id, known.decode()), False
             snapshot = await ps.get_snapshot(tx.conn, project_id, snapshot_id, for_share=True)
             if snapshot is None:
                 raise NotFound("snapshot not found")
@@ -210,7 +212,7 @@ class Runs:
     async def get_run(self, project_id: str, run_id: str) -> RunRecord:
         """The run; NOT_FOUND also for another project's."""
         async with self._store.transaction() as tx:
-            return await _run_or_not_found(tx.conn, project_id, run_id)
+            return await run_or_not_found(tx.conn, project_id, run_id)
 
     async def list_runs(
         self,
@@ -238,7 +240,7 @@ class Runs:
     async def delete_run(self, project_id: str, run_id: str) -> RunRecord:
         """Deletes a run with its steps (and what hooks hold about it)."""
         async with self._store.transaction() as tx:
-            run = await _run_or_not_found(tx.conn, project_id, run_id, for_update=True)
+            run = await run_or_not_found(tx.conn, project_id, run_id, for_update=True)
             await rs.delete_run(tx.conn, run_id)
             changes = rc.ChangeBatch()
             changes.run(run, rc.DELETED)
@@ -249,7 +251,7 @@ class Runs:
     async def run_dag(self, project_id: str, run_id: str) -> RunDag:
         """The run and every step with its parents: two statements."""
         async with self._store.transaction() as tx:
-            run = await _run_or_not_found(tx.conn, project_id, run_id)
+            run = await run_or_not_found(tx.conn, project_id, run_id)
             return RunDag(run, await rs.steps_of_run(tx.conn, run_id))
 
     async def list_step_runs(
@@ -257,7 +259,7 @@ class Runs:
     ) -> tuple[list[StepRunRecord], str]:
         """One page of a run's step runs."""
         async with self._store.transaction() as tx:
-            await _run_or_not_found(tx.conn, project_id, run_id)
+            await run_or_not_found(tx.conn, project_id, run_id)
             return await rs.list_step_runs(
                 tx.conn, run_id, filter_text=filter_text, size=size, page_token=page_token
             )
@@ -265,7 +267,7 @@ class Runs:
     async def get_step_run(self, project_id: str, run_id: str, step_run_id: str) -> StepRunRecord:
         """A step run of a run of the project."""
         async with self._store.transaction() as tx:
-            await _run_or_not_found(tx.conn, project_id, run_id)
+            await run_or_not_found(tx.conn, project_id, run_id)
             step = await rs.get_step_run(tx.conn, run_id, step_run_id)
         if step is None:
             raise NotFound("step run not found")
@@ -285,15 +287,15 @@ class Runs:
         """Applies a reported run status when it moves forward; says whether it did."""
         if status not in states.RUN_STATUSES:
             raise InvalidArgument("status", "must be a run status")
-        reason = _check_reason(reason, "status_reason")
+        reason = check_reason(reason, "status_reason")
         if len(orchestrator_run_id) > MAX_ORCHESTRATOR_RUN_ID:
             raise InvalidArgument(
                 "orchestrator_run_id", f"must be at most {MAX_ORCHESTRATOR_RUN_ID} characters"
             )
-        _check_request_id(request_id)
+        check_request_id(request_id)
         key = {"method": f"UpdateRunStatus/{run_id}", "principal": principal, "request_id": request_id}
         async with self._store.transaction() as tx:
-            run = await _run_or_not_found(tx.conn, project_id, run_id, for_update=True)
+            run = await run_or_not_found(tx.conn, project_id, run_id, for_update=True)
             first = await recall(tx.conn, idempotency, **key)
             if first is not None:
                 return RunUpdate(bool(json.loads(first)["applied"]), run)
@@ -303,7 +305,7 @@ class Runs:
             if orchestrator_run_id and not run.orchestrator_run_id:
                 values["orchestrator_run_id"] = orchestrator_run_id
             if applied:
-                values.update(_run_transition(run, status, reason, now))
+                values.update(run_transition(run, status, reason, now))
             if values:
                 run = await rs.update_run(tx.conn, run_id, {**values, "update_time": now})
             changes = rc.ChangeBatch()
@@ -336,17 +338,17 @@ class Runs:
             raise InvalidArgument("status", "must be a step status")
         if not step_name:
             raise InvalidArgument("step_name", "is required")
-        reason = _check_reason(reason, "status_reason")
+        reason = check_reason(reason, "status_reason")
         if len(cache_key) > MAX_CACHE_KEY:
             raise InvalidArgument("cache_key", f"must be at most {MAX_CACHE_KEY} characters")
-        _check_request_id(request_id)
+        check_request_id(request_id)
         key = {
             "method": f"UpdateStepStatus/{run_id}/{step_name}",
             "principal": principal,
             "request_id": request_id,
         }
         async with self._store.transaction() as tx:
-            run = await _run_or_not_found(tx.conn, project_id, run_id, for_update=True)
+            run = await run_or_not_found(tx.conn, project_id, run_id, for_update=True)
             step = await _step_or_not_found(tx.conn, run_id, step_name)
             first = await recall(tx.conn, idempotency, **key)
             if first is not None:
@@ -355,7 +357,7 @@ class Runs:
             applied = states.step_transition_applies(step.status, status)
             changes = rc.ChangeBatch()
             if applied:
-                values = _step_transition(step, status, reason, now)
+                values = step_transition(step, status, reason, now)
                 if cache_key:
                     values["cache_key"] = cache_key
                 step = await rs.update_step(tx.conn, step.id, values)
@@ -381,7 +383,7 @@ class Runs:
             "request_id": request_id,
         }
         async with self._store.transaction() as tx:
-            await _run_or_not_found(tx.conn, project_id, run_id)
+            await run_or_not_found(tx.conn, project_id, run_id)
             step = await _step_or_not_found(tx.conn, run_id, step_name)
             if request_id:
                 first = await recall(tx.conn, idempotency, **key)
@@ -432,7 +434,7 @@ class Runs:
         return len(run_ids)
 
 
-def _run_transition(run: RunRecord, status: str, reason: str, now: Any) -> dict[str, Any]:
+def run_transition(run: RunRecord, status: str, reason: str, now: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"status": status, "status_reason": reason}
     if status == states.RUNNING and run.start_time is None:
         values["start_time"] = now
@@ -441,7 +443,7 @@ def _run_transition(run: RunRecord, status: str, reason: str, now: Any) -> dict[
     return values
 
 
-def _step_transition(step: StepRunRecord, status: str, reason: str, now: Any) -> dict[str, Any]:
+def step_transition(step: StepRunRecord, status: str, reason: str, now: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"status": status, "status_reason": reason, "update_time": now}
     if states.starts_attempt(step.status, status):
         values["attempt_count"] = step.attempt_count + 1
@@ -456,22 +458,30 @@ def _step_transition(step: StepRunRecord, status: str, reason: str, now: Any) ->
     return values
 
 
+def follow_values(run: RunRecord, counts: states.StepCounts, now: Any) -> dict[str, Any] | None:
+    """The run's new values when its steps (counted by status) move it, else None."""
+    target = states.run_status_from_steps(run.status, counts)
+    if target is None:
+        return None
+    reason = "a step failed" if target == states.FAILED else ""
+    return {**run_transition(run, target, reason, now), "update_time": now}
+
+
 async def _follow_steps(
     conn: AsyncConnection, run: RunRecord, now: Any, changes: rc.ChangeBatch
 ) -> RunRecord:
-    counts = states.StepCounts.of(await rs.step_status_counts(conn, run.id))
-    target = states.run_status_from_steps(run.status, counts)
-    if target is None:
+    values = follow_values(run, states.StepCounts.of(await rs.step_status_counts(conn, run.id)), now)
+    if values is None:
         return run
-    reason = "a step failed" if target == states.FAILED else ""
-    run = await rs.update_run(conn, run.id, {**_run_transition(run, target, reason, now), "update_time": now})
+    run = await rs.update_run(conn, run.id, values)
     changes.run(run)
     return run
 
 
-async def _run_or_not_found(
+async def run_or_not_found(
     conn: AsyncConnection, project_id: str, run_id: str, *, for_update: bool = False
 ) -> RunRecord:
+    """The run of the project (row-locked when `for_update`); NOT_FOUND otherwise."""
     check_id(run_id, "run_id")
     found = await rs.get_run(conn, project_id, run_id, for_update=for_update)
     if found is None:

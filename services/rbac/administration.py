@@ -1,8 +1,10 @@
-"""Writes of RBAC: custom roles, role bindings, team memberships, ownership; no gRPC, no SQL.
+"""Writes of RBAC: custom roles, role bindings, team memberships, forgetting and purges; no gRPC, no SQL.
 
-Every write bumps the revision in its own transaction and returns it, then
-drops the organization's cached index on this replica, so a check on this
-replica after the write sees it (other replicas within the poll bound).
+Every write of what the index holds bumps the revision in its own transaction
+and returns it, then drops the organization's cached index on this replica, so
+a check on this replica after the write sees it (other replicas within the
+poll bound). Ownerships (recorded by services/rbac/ownership.py) are read by
+key on the check path: removing only ownerships moves no revision.
 Every write also records an audit event ("rbac.<resource>.<verb>", with the
 organization) in that transaction; a refusal by the escalation guard records
 a DENIED event in a transaction of its own.
@@ -169,7 +171,7 @@ def _binding_details(record: BindingRecord) -> dict[str, Any]:
 
 
 class Administration:
-    """Role, binding, membership and ownership writes, and the reads that go with them."""
+    """Role, binding and membership writes, forgetting and purges, and the reads that go with them."""
 
     def __init__(
         self,
@@ -452,34 +454,6 @@ class Administration:
         self._decisions.invalidate(organization_id)
         return revision
 
-    async def record_ownership(self, owner: tuple[str, str], resource: Ref) -> BindingRecord:
-        """Binds the creator as owner of a resource; an existing owner is ALREADY_EXISTS.
-
-        The owner must hold `create` on the resource's type in the resource's
-        parent scope: nobody can claim what they could not have created.
-        """
-        if owner[0] not in MEMBER_KINDS:
-            raise InvalidArgument("owner.kind", "must be USER or SERVICE_ACCOUNT")
-        if not resource.resource_type or not resource.resource_id:
-            raise InvalidArgument("resource.resource_id", "resource_type and resource_id are required")
-        parent = replace(resource, resource_type="", resource_id="")
-        allowed, _ = await self._decisions.check(owner, (resource.resource_type, "create"), parent)
-        if not allowed:
-            raise FailedPrecondition(
-                "the owner may not create this type of resource in this scope", reason="OWNER_CANNOT_CREATE"
-            )
-        async with self._store.transaction() as tx:
-            existing = await tx.owner_of(
-                resource.organization_id, resource.resource_type, resource.resource_id
-            )
-        if existing is not None:
-            if (existing.subject_kind, existing.subject_id) == owner:
-                return existing
-            raise AlreadyExists("the resource already has an owner")
-        return await self.create_binding(
-            resource.organization_id, owner, OWNER_ROLE, resource, action="rbac.ownership.record"
-        )
-
     async def share_resource(
         self, sharer: tuple[str, str], resource: Ref, subject: tuple[str, str], role_id: str
     ) -> BindingRecord:
@@ -494,8 +468,8 @@ class Administration:
             raise InvalidArgument("resource.resource_id", "resource_type and resource_id are required")
         if role_id == OWNER_ROLE:
             raise InvalidArgument("role_id", "ownership is recorded by RecordOwnership, not shared")
-        index, _ = await self._decisions.index(resource.organization_id, await self._current_revision())
-        if (resource.resource_type, "share") not in index.effective(sharer, resource):
+        held, _ = await self._decisions.effective(sharer, resource, await self._current_revision())
+        if (resource.resource_type, "share") not in held:
             await self.record_denial("rbac.resource.share", resource, f"{resource.resource_type}.share")
             raise PermissionDenied(
                 "permission denied", metadata={"permission": f"{resource.resource_type}.share"}
@@ -510,11 +484,14 @@ class Administration:
         """PERMISSION_DENIED (ESCALATION) unless the caller holds, at `scope`, all the role grants there."""
         if caller[0] == "service_account" and caller[1] in self._mesh_service_accounts:
             return
-        index, _ = await self._decisions.index(scope.organization_id, await self._current_revision())
+        revision = await self._current_revision()
+        index, _ = await self._decisions.index(scope.organization_id, revision)
         granted = index.roles.get(role_id, frozenset())
         if scope.resource_id:
             granted = frozenset(p for p in granted if p[0] == scope.resource_type)
-        if not granted <= index.effective(caller, scope):
+        # Effective permissions include the caller's ownership of the resource: an owner shares.
+        held, _ = await self._decisions.effective(caller, scope, revision)
+        if not granted <= set(held):
             await self.record_denial(action, scope, "", reason="ESCALATION", role_id=role_id)
             raise PermissionDenied(
                 "the role grants more than the caller holds at this scope", reason="ESCALATION"
@@ -545,13 +522,23 @@ class Administration:
         async with self._store.transaction() as tx:
             return await tx.current_revision()
 
-    async def forget_resource(self, resource: Ref) -> tuple[int, int]:
-        """Deletes every share and ownership of a deleted resource; (how many, revision)."""
+    async def forget_resource(self, resource: Ref) -> tuple[int, int, int]:
+        """Deletes every share and ownership of a deleted resource; (bindings, ownerships, revision).
+
+        For a workspace or project, also the bindings and ownerships inside it. The revision moves
+        (and the index is dropped) only when a binding went: ownerships are not in the index.
+        """
         async with self._store.transaction() as tx:
             deleted = await tx.delete_resource_bindings(
                 resource.organization_id, resource.resource_type, resource.resource_id
             )
-            revision = await tx.bump_revision(resource.organization_id)
+            owned = await tx.delete_resource_ownerships(
+                resource.organization_id, resource.resource_type, resource.resource_id
+            )
+            if deleted:
+                revision = await tx.bump_revision(resource.organization_id)
+            else:
+                revision = await tx.current_revision()
             await tx.record_event(
                 rbac_event(
                     "rbac.resource.forget",
@@ -561,20 +548,24 @@ class Administration:
                     self._clock.now(),
                     details={
                         "deleted_bindings": deleted,
+                        "deleted_ownerships": owned,
                         **_scope_details(replace(resource, resource_type="", resource_id="")),
                     },
                 )
             )
-        self._decisions.invalidate(resource.organization_id)
-        return deleted, revision
+        if deleted:
+            self._decisions.invalidate(resource.organization_id)
+        return deleted, owned, revision
 
     async def purge_subject(
         self, organization_id: str, subject: tuple[str, str], *, remover: tuple[str, str] | None = None
-    ) -> tuple[int, int, int]:
-        """Deletes every binding and membership of a subject; (bindings, memberships, revision).
+    ) -> tuple[int, int, int, int]:
+        """Deletes every binding, membership and ownership of a subject.
 
-        Refused for the last user holding organization Admin, and, with a
-        `remover`, unless the remover holds every role the subject holds.
+        Returns (bindings, memberships, ownerships, revision). Refused for the
+        last user holding organization Admin, and, with a `remover`, unless the
+        remover holds every role the subject holds (ownerships are nobody's
+        grant, so they do not enter that comparison).
         """
         kind, subject_id = subject
         if remover is not None:
@@ -591,6 +582,7 @@ class Administration:
                 raise FailedPrecondition("the last organization admin cannot be removed", reason="LAST_ADMIN")
             bindings = await tx.delete_subject_bindings(organization_id, kind, subject_id)
             memberships = await tx.delete_memberships_of(organization_id, kind, subject_id)
+            owned = await tx.delete_subject_ownerships(organization_id, kind, subject_id)
             revision = await tx.bump_revision(organization_id)
             await tx.record_event(
                 rbac_event(
@@ -599,11 +591,15 @@ class Administration:
                     kind,
                     subject_id,
                     self._clock.now(),
-                    details={"deleted_bindings": bindings, "deleted_memberships": memberships},
+                    details={
+                        "deleted_bindings": bindings,
+                        "deleted_memberships": memberships,
+                        "deleted_ownerships": owned,
+                    },
                 )
             )
         self._decisions.invalidate(organization_id)
-        return bindings, memberships, revision
+        return bindings, memberships, owned, revision
 
     # team memberships ---------------------------------------------------------------------------------
 
@@ -652,15 +648,15 @@ class Administration:
 
     # organizations ------------------------------------------------------------------------------------
 
-    async def purge_organization(self, organization_id: str) -> tuple[int, int, int, int]:
-        """Deletes every custom role, binding and team membership of a deleted organization.
+    async def purge_organization(self, organization_id: str) -> tuple[int, int, int, int, int]:
+        """Deletes every custom role, binding, team membership and ownership of a deleted organization.
 
-        One transaction; returns (bindings, roles, memberships, revision). The
-        organization's index leaves this replica's memory; other replicas see
-        the change within the poll bound like any write.
+        One transaction; returns (bindings, roles, memberships, ownerships, revision).
+        The organization's index leaves this replica's memory; other replicas see
+        the change within the poll bound like any write (ownerships at once).
         """
         async with self._store.transaction() as tx:
-            bindings, roles, memberships = await tx.purge_organization(organization_id)
+            bindings, roles, memberships, owned = await tx.purge_organization(organization_id)
             revision = await tx.bump_revision(organization_id)
             await tx.record_event(
                 rbac_event(
@@ -673,11 +669,12 @@ class Administration:
                         "deleted_bindings": bindings,
                         "deleted_roles": roles,
                         "deleted_memberships": memberships,
+                        "deleted_ownerships": owned,
                     },
                 )
             )
         self._decisions.forget(organization_id)
-        return bindings, roles, memberships, revision
+        return bindings, roles, memberships, owned, revision
 
     async def bootstrap_organization_admin(self, organization_id: str, user_id: str) -> BindingRecord:
         """Binds organization Admin to a user unless the user holds it already."""

@@ -14,10 +14,11 @@ from services.kit.errors import InvalidArgument, PermissionDenied
 from services.kit.fieldmask import etag, resolve_update_mask
 from services.kit.idempotency import validate_request_id
 from services.rbac.administration import UPDATABLE_ROLE_FIELDS, Administration, RequestKey, RoleView
-from services.rbac.catalog import Perm, is_permission
+from services.rbac.catalog import OWNER_ROLE, Perm, is_permission
 from services.rbac.decisions import Decisions
 from services.rbac.evaluator import Ref, SubjectKey
-from services.rbac.store import BindingRecord, ListQuery
+from services.rbac.ownership import MAX_OWNERSHIP_BATCH, Ownerships
+from services.rbac.store import BindingRecord, ListQuery, OwnershipRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -151,6 +152,26 @@ def binding_message(record: BindingRecord) -> rbac_pb2.RoleBinding:
     )
 
 
+def ownership_message(record: OwnershipRecord, revision: int) -> rbac_pb2.RoleBinding:
+    """An ownership as a RoleBinding: role "owner" on the resource, at the current revision."""
+    return rbac_pb2.RoleBinding(
+        id=record.id,
+        organization_id=record.organization_id,
+        subject=rbac_pb2.Subject(kind=_KIND_ENUMS[record.subject_kind], id=record.subject_id),
+        role_id=OWNER_ROLE,
+        scope=rbac_pb2.ResourceRef(
+            organization_id=record.organization_id,
+            workspace_id=record.workspace_id,
+            project_id=record.project_id,
+            resource_type=record.resource_type,
+            resource_id=record.resource_id,
+        ),
+        level=rbac_pb2.RESOURCE,
+        create_time=timestamp(record.create_time),
+        revision=revision,
+    )
+
+
 def _revision(value: int, field: str = "at_least_revision") -> int:
     if value < 0:
         raise InvalidArgument(field, "must not be negative")
@@ -158,20 +179,23 @@ def _revision(value: int, field: str = "at_least_revision") -> int:
 
 
 class PermissionApi(rbac_pb2_grpc.PermissionServiceServicer):
-    """PermissionService: Check, BatchCheck, LookupResources, ListEffectivePermissions, RecordOwnership."""
+    """PermissionService: checks, lookups, effective permissions, ownership, shares, forgetting."""
 
-    def __init__(self, decisions: Decisions, administration: Administration) -> None:
+    def __init__(self, decisions: Decisions, administration: Administration, ownerships: Ownerships) -> None:
         self._decisions = decisions
         self._administration = administration
+        self._ownerships = ownerships
 
     async def Check(self, request: rbac_pb2.CheckRequest, context: Context) -> rbac_pb2.CheckResponse:
         subject = subject_of(request.principal, "principal")
         permission = permission_of(request.permission, "permission")
         resource = ref_of(request.resource, "resource")
-        allowed, revision = await self._decisions.check(
+        decision = await self._decisions.decide(
             subject, permission, resource, _revision(request.at_least_revision)
         )
-        return rbac_pb2.CheckResponse(allowed=allowed, revision=revision)
+        return rbac_pb2.CheckResponse(
+            allowed=decision.allowed, revision=decision.revision, scope_wide=decision.scope_wide
+        )
 
     async def BatchCheck(
         self, request: rbac_pb2.BatchCheckRequest, context: Context
@@ -209,6 +233,7 @@ class PermissionApi(rbac_pb2_grpc.PermissionServiceServicer):
             project_ids=sorted(found.project_ids),
             resource_ids=sorted(found.resource_ids),
             revision=revision,
+            resource_ids_truncated=found.truncated,
         )
 
     async def ListEffectivePermissions(
@@ -226,7 +251,25 @@ class PermissionApi(rbac_pb2_grpc.PermissionServiceServicer):
     ) -> rbac_pb2.RoleBinding:
         owner = subject_of(request.owner, "owner")
         resource = ref_of(request.resource, "resource")
-        return binding_message(await self._administration.record_ownership(owner, resource))
+        recorded = await self._ownerships.record(owner, resource)
+        return ownership_message(recorded.ownerships[0], recorded.revision)
+
+    async def BatchRecordOwnership(
+        self, request: rbac_pb2.BatchRecordOwnershipRequest, context: Context
+    ) -> rbac_pb2.BatchRecordOwnershipResponse:
+        organization_id = required_id(request.organization_id, "organization_id")
+        owner = subject_of(request.owner, "owner")
+        if len(request.resources) > MAX_OWNERSHIP_BATCH:
+            raise InvalidArgument("resources", f"at most {MAX_OWNERSHIP_BATCH} resources per call")
+        resources = [
+            ref_of(resource, f"resources[{index}]", organization_id)
+            for index, resource in enumerate(request.resources)
+        ]
+        recorded = await self._ownerships.record_many(owner, organization_id, resources)
+        return rbac_pb2.BatchRecordOwnershipResponse(
+            ownerships=[ownership_message(record, recorded.revision) for record in recorded.ownerships],
+            revision=recorded.revision,
+        )
 
     async def ShareResource(
         self, request: rbac_pb2.ShareResourceRequest, context: Context
@@ -259,8 +302,10 @@ class PermissionApi(rbac_pb2_grpc.PermissionServiceServicer):
             raise PermissionDenied(
                 "permission denied", metadata={"permission": f"{resource.resource_type}.delete"}
             )
-        deleted, revision = await self._administration.forget_resource(resource)
-        return rbac_pb2.ForgetResourceResponse(deleted_bindings=deleted, revision=revision)
+        deleted, owned, revision = await self._administration.forget_resource(resource)
+        return rbac_pb2.ForgetResourceResponse(
+            deleted_bindings=deleted, deleted_ownerships=owned, revision=revision
+        )
 
 
 class RoleApi(rbac_pb2_grpc.RoleServiceServicer):
@@ -379,22 +424,29 @@ class RoleBindingApi(rbac_pb2_grpc.RoleBindingServiceServicer):
     ) -> rbac_pb2.PurgeSubjectResponse:
         organization_id = required_id(request.organization_id, "organization_id")
         subject = subject_of(request.subject, "subject")
-        bindings, memberships, revision = await self._administration.purge_subject(
+        bindings, memberships, owned, revision = await self._administration.purge_subject(
             organization_id, subject, remover=caller()
         )
         return rbac_pb2.PurgeSubjectResponse(
-            deleted_bindings=bindings, deleted_memberships=memberships, revision=revision
+            deleted_bindings=bindings,
+            deleted_memberships=memberships,
+            deleted_ownerships=owned,
+            revision=revision,
         )
 
     async def PurgeOrganization(
         self, request: rbac_pb2.PurgeOrganizationRequest, context: Context
     ) -> rbac_pb2.PurgeOrganizationResponse:
         organization_id = required_id(request.organization_id, "organization_id")
-        bindings, roles, memberships, revision = await self._administration.purge_organization(
+        bindings, roles, memberships, owned, revision = await self._administration.purge_organization(
             organization_id
         )
         return rbac_pb2.PurgeOrganizationResponse(
-            deleted_bindings=bindings, deleted_roles=roles, deleted_memberships=memberships, revision=revision
+            deleted_bindings=bindings,
+            deleted_roles=roles,
+            deleted_memberships=memberships,
+            deleted_ownerships=owned,
+            revision=revision,
         )
 
 

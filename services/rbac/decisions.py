@@ -1,4 +1,4 @@
-"""Permission decisions from a per-organization in-memory index, kept fresh by revision.
+"""Permission decisions from a per-organization in-memory index, kept fresh by revision, and ownerships.
 
 Each organization's index is loaded from the store on first use and
 reloaded when the organization's stored revision moved. The stored revision
@@ -8,6 +8,12 @@ answering when a caller asks for a revision newer than the last one verified.
 Across replicas a change is seen within poll_seconds plus one reload (never
 beyond max_staleness_seconds); the replica that wrote it invalidates its
 index in the write path and sees it immediately.
+
+Ownerships are not in the index: when the index does not allow a permission on
+a resource of the permission's own type, one primary-key read asks the store
+for the resource's owner (always current, so nothing to invalidate), and the
+owner holds the owner role's permissions on it. LookupResources adds the ids
+the subject owns in the scope, at most `max_owned_ids` (10,000 by default).
 """
 
 from __future__ import annotations
@@ -20,10 +26,22 @@ from dataclasses import dataclass
 
 from services.kit.errors import Unavailable
 from services.rbac.catalog import Perm
-from services.rbac.evaluator import Lookup, OrganizationIndex, Ref, SubjectKey
+from services.rbac.evaluator import (
+    NOT_HELD,
+    ON_RESOURCE,
+    SCOPE_WIDE,
+    Lookup,
+    OrganizationIndex,
+    Ref,
+    SubjectKey,
+)
 from services.rbac.store import RbacStore
 
 DEFAULT_POLL_SECONDS = 0.1
+# Owned ids one LookupResources answer carries at most (docs/rbac.md; the proto says it too).
+MAX_OWNED_IDS = 10_000
+# Subjects that can own: teams never create anything.
+OWNER_KINDS = frozenset({"user", "service_account"})
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +59,22 @@ class _Entry:
     generation: int
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The answer of one check: allowed, whether scope-wide (see evaluator.Grant), and the revision."""
+
+    allowed: bool
+    scope_wide: bool
+    revision: int
+
+
+def _may_be_owned(subject: SubjectKey, permission: Perm, resource: Ref) -> bool:
+    """Whether ownership could grant `permission` on `resource` (its own type, a named resource)."""
+    return (
+        bool(resource.resource_id) and permission[0] == resource.resource_type and subject[0] in OWNER_KINDS
+    )
+
+
 class Decisions:
     """Check, BatchCheck, LookupResources and effective permissions over cached indexes."""
 
@@ -51,8 +85,10 @@ class Decisions:
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         max_staleness_seconds: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        max_owned_ids: int = MAX_OWNED_IDS,
     ) -> None:
         self._store = store
+        self._max_owned_ids = max_owned_ids
         self._poll = poll_seconds
         # Beyond this age a check waits for the store instead of answering and refreshing behind.
         self._max_staleness = (
@@ -160,12 +196,30 @@ class Decisions:
                 entry.verified_at = checked_at
             return entry
 
+    async def decide(
+        self, subject: SubjectKey, permission: Perm, resource: Ref, at_least_revision: int = 0
+    ) -> Decision:
+        """Whether the subject holds the permission on the resource, and whether scope-wide."""
+        index, revision = await self.index(resource.organization_id, at_least_revision)
+        grant = index.grant(subject, permission, resource)
+        if (
+            grant == NOT_HELD
+            and _may_be_owned(subject, permission, resource)
+            and permission in index.owner_permissions(resource.resource_type)
+        ):
+            owner = await self._store.owner(
+                resource.organization_id, resource.resource_type, resource.resource_id
+            )
+            if owner == subject:
+                grant = ON_RESOURCE
+        return Decision(grant != NOT_HELD, grant == SCOPE_WIDE, revision)
+
     async def check(
         self, subject: SubjectKey, permission: Perm, resource: Ref, at_least_revision: int = 0
     ) -> tuple[bool, int]:
         """Whether the subject holds the permission on the resource; and the revision evaluated."""
-        index, revision = await self.index(resource.organization_id, at_least_revision)
-        return index.check(subject, permission, resource), revision
+        decision = await self.decide(subject, permission, resource, at_least_revision)
+        return decision.allowed, decision.revision
 
     async def batch_check(
         self,
@@ -174,20 +228,63 @@ class Decisions:
         items: list[tuple[Perm, Ref]],
         at_least_revision: int = 0,
     ) -> tuple[list[bool], int]:
-        """Check for many items of one organization, on one index."""
+        """Check for many items of one organization, on one index (and one read of their owners)."""
         index, revision = await self.index(organization_id, at_least_revision)
-        return [index.check(subject, permission, ref) for permission, ref in items], revision
+        allowed = [index.check(subject, permission, ref) for permission, ref in items]
+        unanswered = [
+            position
+            for position, (permission, ref) in enumerate(items)
+            if not allowed[position]
+            and _may_be_owned(subject, permission, ref)
+            and permission in index.owner_permissions(ref.resource_type)
+        ]
+        if unanswered:
+            owners = await self._store.owners(
+                organization_id, [(items[p][1].resource_type, items[p][1].resource_id) for p in unanswered]
+            )
+            for position in unanswered:
+                ref = items[position][1]
+                allowed[position] = owners.get((ref.resource_type, ref.resource_id)) == subject
+        return allowed, revision
 
     async def lookup(
         self, subject: SubjectKey, permission: Perm, scope: Ref, at_least_revision: int = 0
     ) -> tuple[Lookup, int]:
-        """Where in `scope` the subject holds the permission (all, workspaces, projects, resource ids)."""
+        """Where in `scope` the subject holds the permission (all, workspaces, projects, resource ids).
+
+        Owned ids join the shared ones, bounded by `max_owned_ids` (`truncated` when cut); those in
+        workspaces or projects the answer already names are left out rather than counted.
+        """
         index, revision = await self.index(scope.organization_id, at_least_revision)
-        return index.lookup(subject, permission, scope), revision
+        found = index.lookup(subject, permission, scope)
+        if (
+            not found.all
+            and subject[0] in OWNER_KINDS
+            and permission in index.owner_permissions(permission[0])
+        ):
+            owned = await self._store.owned_ids(
+                scope.organization_id,
+                subject,
+                permission[0],
+                scope,
+                limit=self._max_owned_ids,
+                covered_workspaces=found.workspace_ids,
+                covered_projects=found.project_ids,
+            )
+            found.resource_ids.update(owned.ids)
+            found.truncated = owned.truncated
+        return found, revision
 
     async def effective(
         self, subject: SubjectKey, scope: Ref, at_least_revision: int = 0
     ) -> tuple[list[Perm], int]:
-        """Every permission the subject holds at the scope, sorted."""
+        """Every permission the subject holds at the scope (its ownership included), sorted."""
         index, revision = await self.index(scope.organization_id, at_least_revision)
-        return sorted(index.effective(subject, scope)), revision
+        held = index.effective(subject, scope)
+        if scope.resource_id and scope.resource_type and subject[0] in OWNER_KINDS:
+            owned = index.owner_permissions(scope.resource_type)
+            if not owned <= held:
+                owner = await self._store.owner(scope.organization_id, scope.resource_type, scope.resource_id)
+                if owner == subject:
+                    held |= owned
+        return sorted(held), revision

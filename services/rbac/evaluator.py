@@ -4,16 +4,17 @@ Built from the organization's bindings, team memberships and custom roles (a
 snapshot the store loads); answers Check, LookupResources and
 ListEffectivePermissions with dictionary lookups only. A binding grants at its
 scope and below: organization → workspace → project → one resource. A binding
-on one resource (a share, ownership) grants only permissions on that
-resource's own type.
+on one resource (a share) grants only permissions on that resource's own type.
+Ownerships are not in the index (services/rbac/decisions.py reads them by key).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
-from services.rbac.catalog import BUILT_IN_ROLES, Perm
+from services.rbac.catalog import BUILT_IN_ROLES, OWNER_ROLE, Perm
 
 SubjectKey = tuple[str, str]  # (kind, id); kind: user | team | service_account
 ScopeKey = tuple[str, str]  # (level letter o/w/p/r, id)
@@ -85,6 +86,25 @@ def chain(ref: Ref) -> list[ScopeKey]:
     return keys
 
 
+# How a subject holds a permission on a resource.
+Grant = Literal["scope_wide", "on_resource", ""]
+SCOPE_WIDE: Grant = "scope_wide"  # a binding at a level above the resource: every resource of the type there
+ON_RESOURCE: Grant = "on_resource"  # a binding on the resource itself (a share), or its ownership
+NOT_HELD: Grant = ""
+
+
+def is_own_level(key: ScopeKey, ref: Ref) -> bool:
+    """Whether the chain level `key` is `ref` itself (a share, or a workspace/project naming itself)."""
+    level, key_id = key
+    if level == "r":
+        return True
+    if level == "w":
+        return ref.resource_type == "workspace" and ref.resource_id == key_id
+    if level == "p":
+        return ref.resource_type == "project" and ref.resource_id == key_id
+    return False
+
+
 @dataclass
 class Lookup:
     """Answer of LookupResources."""
@@ -93,6 +113,8 @@ class Lookup:
     workspace_ids: set[str] = field(default_factory=set)
     project_ids: set[str] = field(default_factory=set)
     resource_ids: set[str] = field(default_factory=set)
+    # More owned ids exist than the answer carries (see Decisions' bound).
+    truncated: bool = False
 
 
 class OrganizationIndex:
@@ -108,6 +130,7 @@ class OrganizationIndex:
             role_id: role.permissions for role_id, role in BUILT_IN_ROLES.items()
         }
         self.roles.update(custom_roles)
+        self._owner_permissions: dict[str, frozenset[Perm]] = {}
         self.by_subject: dict[SubjectKey, dict[ScopeKey, list[str]]] = {}
         # The chain of each bound project / resource, for filtering lookups by scope.
         self.chains: dict[ScopeKey, Ref] = {}
@@ -136,7 +159,16 @@ class OrganizationIndex:
 
     def check(self, subject: SubjectKey, permission: Perm, ref: Ref) -> bool:
         """Whether the subject (directly or through a team) holds the permission on `ref`."""
+        return self.grant(subject, permission, ref) != NOT_HELD
+
+    def grant(self, subject: SubjectKey, permission: Perm, ref: Ref) -> Grant:
+        """How the subject holds the permission on `ref`: SCOPE_WIDE, ON_RESOURCE or NOT_HELD.
+
+        A grant at a level above `ref` wins over one on `ref` itself: it says more
+        (the same holds for every resource of the type under those levels).
+        """
         keys = chain(ref)
+        found = NOT_HELD
         for holder in self._subjects(subject):
             scopes = self.by_subject.get(holder)
             if not scopes:
@@ -148,8 +180,18 @@ class OrganizationIndex:
                 if key[0] == "r" and permission[0] != ref.resource_type:
                     continue
                 if self._grants(role_ids, permission):
-                    return True
-        return False
+                    if not is_own_level(key, ref):
+                        return SCOPE_WIDE
+                    found = ON_RESOURCE
+        return found
+
+    def owner_permissions(self, resource_type: str) -> frozenset[Perm]:
+        """What ownership grants on a resource of the type: the owner role's permissions on that type."""
+        granted = self._owner_permissions.get(resource_type)
+        if granted is None:
+            granted = frozenset(p for p in self.roles.get(OWNER_ROLE, frozenset()) if p[0] == resource_type)
+            self._owner_permissions[resource_type] = granted
+        return granted
 
     def lookup(self, subject: SubjectKey, permission: Perm, scope: Ref) -> Lookup:
         """Where inside `scope` the subject holds the permission on resources of its type."""

@@ -33,6 +33,7 @@ from services.rbac.administration import Administration
 from services.rbac.api import PermissionApi, RoleApi, RoleBindingApi, TeamMembershipApi
 from services.rbac.checker import RbacChecker
 from services.rbac.decisions import Decisions
+from services.rbac.ownership import Ownerships
 from services.rbac.settings import RbacSettings
 from services.rbac.store import RbacStore, audit_outbox
 
@@ -44,8 +45,9 @@ VERSION_TABLE = "rbac_alembic_version"
 # AIP-155 asks for at least an hour; a day covers retries across a client's restart.
 REQUEST_ID_RETENTION = timedelta(days=1)
 HOUSEKEEPING_SECONDS = 3600.0
-# A BatchCheck of 100 items or a role with every permission stays far below this.
-MAX_REQUEST_BYTES = 256 * 1024
+# A BatchRecordOwnership of 1,000 resources with every id at its 64-character limit is ~340 KiB;
+# a BatchCheck of 100 items or a role with every permission stays far below this.
+MAX_REQUEST_BYTES = 512 * 1024
 
 
 async def migrate(engine: AsyncEngine, settings: RbacSettings) -> None:
@@ -62,6 +64,7 @@ class RbacDomain:
     store: RbacStore
     decisions: Decisions
     administration: Administration
+    ownerships: Ownerships
     clock: Clock
 
 
@@ -85,6 +88,7 @@ def build_domain(
         store,
         decisions,
         Administration(store, decisions, clock, mesh_service_accounts=settings.mesh_service_account_ids),
+        Ownerships(store, decisions, clock),
         clock,
     )
 
@@ -175,7 +179,7 @@ def build_service(
         Registration(
             "keel.rbac.v1.PermissionService",
             rbac_pb2_grpc.add_PermissionServiceServicer_to_server,
-            PermissionApi(domain.decisions, domain.administration),
+            PermissionApi(domain.decisions, domain.administration, domain.ownerships),
         ),
         Registration(
             "keel.rbac.v1.RoleService",

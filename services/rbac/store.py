@@ -1,9 +1,11 @@
 """Tables and queries of RBAC (SQLAlchemy Core); no gRPC, no clock, no policy.
 
-Every write of RBAC bumps one revision counter (a single row) in the same
-transaction and stamps the organization's own revision, so readers can tell
-whether an organization changed since they loaded it and callers can ask for
-answers at least as fresh as a write they made.
+Every write of what the in-memory index holds (roles, bindings, memberships)
+bumps one revision counter (a single row) in the same transaction and stamps
+the organization's own revision, so readers can tell whether an organization
+changed since they loaded it and callers can ask for answers at least as
+fresh as a write they made. Ownerships are outside the index: read by primary
+key when a check needs them, they move no revision.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    tuple_,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -40,7 +44,7 @@ from services.kit import idempotency as kit_idempotency
 from services.kit.db import UtcDateTime
 from services.kit.filtering import FilterField, parse_filter
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
-from services.rbac.evaluator import Binding, Membership, Ref
+from services.rbac.evaluator import Binding, Membership, Ref, SubjectKey
 
 metadata = MetaData()
 
@@ -106,6 +110,34 @@ role_bindings = Table(
     ),
     Index("ix_rbac_role_bindings_role", "organization_id", "role_id"),
     Index("ix_rbac_role_bindings_resource", "organization_id", "resource_type", "resource_id"),
+)
+
+# Ownership ("creators own what they create") as a relation, not a role binding: one owner per
+# resource, looked up by primary key on the check path, so writes never touch the cached index.
+ownerships = Table(
+    "rbac_ownerships",
+    metadata,
+    Column("organization_id", String(64), primary_key=True),
+    Column("resource_type", String(64), primary_key=True),
+    Column("resource_id", String(64), primary_key=True),
+    # A stable id for the row (the RoleBinding-shaped answers' id; a migrated binding keeps its id).
+    Column("id", String(36), nullable=False),
+    Column("workspace_id", String(64), nullable=False),
+    Column("project_id", String(64), nullable=False),
+    Column("owner_kind", String(16), nullable=False),
+    Column("owner_id", String(64), nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    # LookupResources: an owner's ids of one type, in scope order, so a bounded read stops early.
+    Index(
+        "ix_rbac_ownerships_owner",
+        "organization_id",
+        "owner_kind",
+        "owner_id",
+        "resource_type",
+        "workspace_id",
+        "project_id",
+        "resource_id",
+    ),
 )
 
 team_members = Table(
@@ -177,6 +209,36 @@ class BindingRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class OwnershipRecord:
+    """A row of `rbac_ownerships`: `subject_*` is the owner (a user or a service account)."""
+
+    id: str
+    organization_id: str
+    resource_type: str
+    resource_id: str
+    workspace_id: str
+    project_id: str
+    subject_kind: str
+    subject_id: str
+    create_time: datetime
+
+    @property
+    def scope(self) -> Ref:
+        """The owned resource with its scope chain."""
+        return Ref(
+            self.organization_id, self.workspace_id, self.project_id, self.resource_type, self.resource_id
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnedIds:
+    """The ids of one type a subject owns in a scope, at most `limit` of them."""
+
+    ids: list[str]
+    truncated: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class ListQuery:
     """The paging, filtering and ordering parameters of a List request, as sent."""
 
@@ -224,6 +286,35 @@ def _binding(row: Row[Any]) -> BindingRecord:
     return BindingRecord(**row._asdict())
 
 
+def _ownership(row: Row[Any]) -> OwnershipRecord:
+    values = row._asdict()
+    return OwnershipRecord(
+        id=values["id"],
+        organization_id=values["organization_id"],
+        resource_type=values["resource_type"],
+        resource_id=values["resource_id"],
+        workspace_id=values["workspace_id"],
+        project_id=values["project_id"],
+        subject_kind=values["owner_kind"],
+        subject_id=values["owner_id"],
+        create_time=values["create_time"],
+    )
+
+
+def _ownership_row(record: OwnershipRecord) -> dict[str, Any]:
+    return {
+        "organization_id": record.organization_id,
+        "resource_type": record.resource_type,
+        "resource_id": record.resource_id,
+        "id": record.id,
+        "workspace_id": record.workspace_id,
+        "project_id": record.project_id,
+        "owner_kind": record.subject_kind,
+        "owner_id": record.subject_id,
+        "create_time": record.create_time,
+    }
+
+
 def _nothing() -> None:
     return None
 
@@ -262,6 +353,71 @@ class RbacStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(statement)).one()
         return int(row[0]), int(row[1])
+
+    async def owner(self, organization_id: str, resource_type: str, resource_id: str) -> SubjectKey | None:
+        """The owner of one resource (a primary-key read on the check path), or None."""
+        c = ownerships.c
+        statement = select(c.owner_kind, c.owner_id).where(
+            c.organization_id == organization_id,
+            c.resource_type == resource_type,
+            c.resource_id == resource_id,
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(statement)).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    async def owners(
+        self, organization_id: str, resources: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], SubjectKey]:
+        """The owners of many (type, id) resources of one organization, in one query."""
+        wanted = sorted(set(resources))
+        if not wanted:
+            return {}
+        c = ownerships.c
+        statement = select(c.resource_type, c.resource_id, c.owner_kind, c.owner_id).where(
+            c.organization_id == organization_id, tuple_(c.resource_type, c.resource_id).in_(wanted)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return {(str(t), str(i)): (str(kind), str(owner)) for t, i, kind, owner in rows}
+
+    async def owned_ids(
+        self,
+        organization_id: str,
+        owner: SubjectKey,
+        resource_type: str,
+        scope: Ref,
+        *,
+        limit: int,
+        covered_workspaces: Iterable[str] = (),
+        covered_projects: Iterable[str] = (),
+    ) -> OwnedIds:
+        """The ids of `resource_type` the owner owns inside `scope`, at most `limit`.
+
+        Rows inside the covered workspaces / projects are left out (the caller's
+        answer already grants them). Ordered as the owner index is, so the read
+        stops after limit + 1 rows whatever the owner holds in total.
+        """
+        c = ownerships.c
+        statement = select(c.resource_id).where(
+            c.organization_id == organization_id,
+            c.owner_kind == owner[0],
+            c.owner_id == owner[1],
+            c.resource_type == resource_type,
+        )
+        if scope.workspace_id:
+            statement = statement.where(c.workspace_id == scope.workspace_id)
+        if scope.project_id:
+            statement = statement.where(c.project_id == scope.project_id)
+        workspaces, projects = sorted(set(covered_workspaces)), sorted(set(covered_projects))
+        if workspaces:
+            statement = statement.where(c.workspace_id.not_in(workspaces))
+        if projects:
+            statement = statement.where(c.project_id.not_in(projects))
+        statement = statement.order_by(c.workspace_id, c.project_id, c.resource_id).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            ids = [str(value) for value in (await conn.execute(statement)).scalars()]
+        return OwnedIds(ids[:limit], len(ids) > limit)
 
     async def snapshot(self, organization_id: str) -> Snapshot:
         """The organization's bindings, memberships and custom roles.
@@ -459,23 +615,6 @@ class RbacTx:
         ).first()
         return None if row is None else _binding(row)
 
-    async def owner_of(
-        self, organization_id: str, resource_type: str, resource_id: str
-    ) -> BindingRecord | None:
-        """The ownership binding of a resource, or None."""
-        c = role_bindings.c
-        row = (
-            await self.conn.execute(
-                select(role_bindings).where(
-                    c.organization_id == organization_id,
-                    c.resource_type == resource_type,
-                    c.resource_id == resource_id,
-                    c.role_id == "owner",
-                )
-            )
-        ).first()
-        return None if row is None else _binding(row)
-
     async def delete_binding(self, binding_id: str) -> None:
         """Deletes a binding."""
         await self.conn.execute(delete(role_bindings).where(role_bindings.c.id == binding_id))
@@ -578,6 +717,83 @@ class RbacTx:
         )
         return int(result.rowcount)
 
+    # ownerships ---------------------------------------------------------------------------------------
+
+    async def owner_of(
+        self, organization_id: str, resource_type: str, resource_id: str
+    ) -> OwnershipRecord | None:
+        """The ownership of a resource, or None."""
+        c = ownerships.c
+        row = (
+            await self.conn.execute(
+                select(ownerships).where(
+                    c.organization_id == organization_id,
+                    c.resource_type == resource_type,
+                    c.resource_id == resource_id,
+                )
+            )
+        ).first()
+        return None if row is None else _ownership(row)
+
+    async def ownerships_of(
+        self, organization_id: str, resources: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], OwnershipRecord]:
+        """The ownerships of many (type, id) resources of one organization, by (type, id)."""
+        if not resources:
+            return {}
+        c = ownerships.c
+        rows = await self.conn.execute(
+            select(ownerships).where(
+                c.organization_id == organization_id,
+                tuple_(c.resource_type, c.resource_id).in_(sorted(set(resources))),
+            )
+        )
+        found = [_ownership(row) for row in rows]
+        return {(record.resource_type, record.resource_id): record for record in found}
+
+    async def insert_ownerships(self, records: Sequence[OwnershipRecord]) -> None:
+        """Stores new ownerships with one executemany (Conflict when a resource already has an owner)."""
+        if records:
+            await self.conn.execute(insert(ownerships), [_ownership_row(r) for r in records])
+
+    async def claim_ownerships(self, records: Sequence[OwnershipRecord]) -> int:
+        """Inserts the ownerships of resources that have none (one statement); how many were inserted.
+
+        A resource that already has an owner keeps it (ON CONFLICT DO NOTHING), so a
+        concurrent claim never fails the transaction; the caller reads what it did
+        not insert. Being the first statement, on SQLite it makes the transaction the
+        writer before anything is read.
+        """
+        if not records:
+            return 0
+        dialect = postgresql if self.conn.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(ownerships).values([_ownership_row(r) for r in records])
+        result = await self.conn.execute(statement.on_conflict_do_nothing())
+        return int(result.rowcount)
+
+    async def delete_resource_ownerships(
+        self, organization_id: str, resource_type: str, resource_id: str
+    ) -> int:
+        """Deletes the ownership of one resource, and those inside it when it is a scope; how many."""
+        c = ownerships.c
+        on_resource = (c.resource_type == resource_type) & (c.resource_id == resource_id)
+        inside = {"workspace": c.workspace_id, "project": c.project_id}.get(resource_type)
+        condition = on_resource if inside is None else on_resource | (inside == resource_id)
+        result = await self.conn.execute(
+            delete(ownerships).where(c.organization_id == organization_id, condition)
+        )
+        return int(result.rowcount)
+
+    async def delete_subject_ownerships(self, organization_id: str, kind: str, subject_id: str) -> int:
+        """Deletes every ownership of a subject in the organization; how many."""
+        c = ownerships.c
+        result = await self.conn.execute(
+            delete(ownerships).where(
+                c.organization_id == organization_id, c.owner_kind == kind, c.owner_id == subject_id
+            )
+        )
+        return int(result.rowcount)
+
     # team memberships ---------------------------------------------------------------------------------
 
     async def add_member(
@@ -631,10 +847,11 @@ class RbacTx:
 
     # organizations ------------------------------------------------------------------------------------
 
-    async def purge_organization(self, organization_id: str) -> tuple[int, int, int]:
-        """Deletes every binding, custom role and team membership of the organization.
+    async def purge_organization(self, organization_id: str) -> tuple[int, int, int, int]:
+        """Deletes every binding, custom role, team membership and ownership of the organization.
 
-        Returns (bindings, roles, memberships) deleted. Bindings go first: none may outlive its role.
+        Returns (bindings, roles, memberships, ownerships) deleted. Bindings go first: none may
+        outlive its role.
         """
         bindings = await self.conn.execute(
             delete(role_bindings).where(role_bindings.c.organization_id == organization_id)
@@ -645,7 +862,15 @@ class RbacTx:
         memberships = await self.conn.execute(
             delete(team_members).where(team_members.c.organization_id == organization_id)
         )
-        return int(bindings.rowcount), int(custom_roles.rowcount), int(memberships.rowcount)
+        owned = await self.conn.execute(
+            delete(ownerships).where(ownerships.c.organization_id == organization_id)
+        )
+        return (
+            int(bindings.rowcount),
+            int(custom_roles.rowcount),
+            int(memberships.rowcount),
+            int(owned.rowcount),
+        )
 
     # idempotency --------------------------------------------------------------------------------------
 
@@ -683,8 +908,10 @@ class RbacTx:
         binding_records: Sequence[BindingRecord],
         memberships: Sequence[Membership],
         now: datetime,
+        ownership_records: Sequence[OwnershipRecord] = (),
     ) -> int:
         """Inserts many rows with executemany (seeding, imports, the bench); one revision bump."""
+        await self.insert_ownerships(ownership_records)
         if role_records:
             await self.conn.execute(
                 insert(roles),

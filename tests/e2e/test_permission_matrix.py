@@ -303,6 +303,16 @@ HOLDER_CASES: dict[str, Case] = {
             ),
         )
     ),
+    "/keel.rbac.v1.PermissionService/BatchRecordOwnership": admin(
+        lambda w: rbac_pb2.BatchRecordOwnershipRequest(
+            organization_id=org_a(w),
+            owner=rbac_pb2.Subject(kind=USER, id=w.ids["alice"]),
+            resources=[
+                rbac_pb2.ResourceRef(resource_type="team", resource_id="t-batch-1"),
+                rbac_pb2.ResourceRef(resource_type="team", resource_id="t-batch-2"),
+            ],
+        )
+    ),
     "/keel.rbac.v1.PermissionService/ShareResource": admin(
         lambda w: rbac_pb2.ShareResourceRequest(
             resource=rbac_pb2.ResourceRef(

@@ -8,12 +8,14 @@ import pytest
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     Float,
     Integer,
     MetaData,
     String,
     Table,
+    exists,
     insert,
     select,
 )
@@ -21,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.errors import InvalidArgument
-from services.kit.filtering import FilterField, parse_filter
+from services.kit.filtering import FilterField, FilterValue, PredicateField, parse_filter
 
 metadata = MetaData()
 things = Table(
@@ -228,3 +230,139 @@ def test_naive_timestamp_column_compares_in_utc() -> None:
     condition = parse_filter('at > "2024-05-01T12:00:00+02:00"', {"at": FilterField(naive.c.at, "timestamp")})
     assert condition is not None
     assert list(condition.compile().params.values()) == [dt.datetime(2024, 5, 1, 10, 0)]
+
+
+# Predicate fields: a repeated field (labels) and a map (props) kept in their own tables, as EXISTS.
+labels = Table(
+    "thing_labels",
+    metadata,
+    Column("thing_id", Integer, nullable=False),
+    Column("label", String(40), nullable=False),
+)
+props = Table(
+    "thing_props",
+    metadata,
+    Column("thing_id", Integer, nullable=False),
+    Column("key", String(40), nullable=False),
+    Column("number", Float, nullable=True),
+)
+LABELS = [(1, "red"), (1, "big"), (3, "red"), (5, "blue")]
+PROPS = [(1, "weight", 2.5), (2, "weight", 10.0), (3, "odd-key", 1.0), (4, "weight", None)]
+
+
+def label_restriction(key: str, op: str, value: FilterValue) -> ColumnElement[bool]:
+    if op != ":" or value.kind not in ("string", "present"):
+        raise ValueError('takes labels:"LABEL" or labels:*')
+    found = exists().where(labels.c.thing_id == things.c.id)
+    return found.where(labels.c.label == value.value) if value.kind == "string" else found
+
+
+def prop_restriction(key: str, op: str, value: FilterValue) -> ColumnElement[bool]:
+    if not key:
+        if op == ":" and value.kind == "string":
+            return exists().where(props.c.thing_id == things.c.id, props.c.key == value.value)
+        raise ValueError('name a key: props.KEY or props:"KEY"')
+    having = exists().where(props.c.thing_id == things.c.id, props.c.key == key)
+    if value.kind == "present":
+        return having
+    if value.kind != "number":
+        raise ValueError("compares numbers only")
+    comparisons = {"=": props.c.number == value.value, ">": props.c.number > value.value}
+    if op not in comparisons:
+        raise ValueError("takes = and > only")
+    return having.where(comparisons[op])
+
+
+PREDICATES: dict[str, FilterField | PredicateField] = {
+    **FIELDS,
+    "labels": PredicateField(label_restriction),
+    "props": PredicateField(prop_restriction, keyed=True),
+}
+
+
+@pytest.fixture
+async def labelled_engine(things_engine: AsyncEngine) -> AsyncEngine:
+    async with things_engine.begin() as conn:
+        await conn.execute(insert(labels), [{"thing_id": t, "label": label} for t, label in LABELS])
+        await conn.execute(insert(props), [{"thing_id": t, "key": k, "number": n} for t, k, n in PROPS])
+    return things_engine
+
+
+PREDICATE_MATCHES: list[tuple[str, set[int]]] = [
+    ('labels:"red"', {1, 3}),
+    ('-labels:"red"', ALL_IDS - {1, 3}),
+    ('labels:"red" labels:"big"', {1}),
+    ('labels:"red" OR labels:"blue"', {1, 3, 5}),
+    ("labels:*", {1, 3, 5}),
+    ("NOT labels:*", {2, 4, 6}),
+    ('labels:"red" AND size > 10', {3}),
+    ("props.weight:*", {1, 2, 4}),
+    ("props.weight > 2", {1, 2}),
+    ("props.weight = 2.5", {1}),
+    ("props.weight > -1", {1, 2}),
+    ('props."odd-key" = 1', {3}),
+    ('props:"odd-key"', {3}),
+    ("props.missing:*", set()),
+]
+
+
+async def test_predicate_fields_select_exactly_the_matching_rows(labelled_engine: AsyncEngine) -> None:
+    wrong: dict[str, str] = {}
+    for text, expected in PREDICATE_MATCHES:
+        condition = parse_filter(text, PREDICATES)
+        assert condition is not None
+        async with labelled_engine.connect() as conn:
+            found = set((await conn.execute(select(things.c.id).where(condition))).scalars())
+        if found != expected:
+            wrong[text] = f"expected {sorted(expected)}, got {sorted(found)}"
+    assert wrong == {}
+
+
+def test_a_predicate_field_receives_the_key_operator_and_literal_as_written() -> None:
+    seen: list[tuple[str, str, FilterValue]] = []
+
+    def record(key: str, op: str, value: FilterValue) -> ColumnElement[bool]:
+        seen.append((key, op, value))
+        return things.c.id == 1
+
+    fields = {"m": PredicateField(record, keyed=True), "t": PredicateField(record)}
+    parse_filter(
+        't:"x" t:* m.a.b != -2 m."a b\\"c" <= 1e2 m:"k" m.flag = true m.s > \'v\'',
+        fields,
+    )
+    assert seen == [
+        ("", ":", FilterValue("string", "x")),
+        ("", ":", FilterValue("present", None)),
+        ("a.b", "!=", FilterValue("number", -2.0)),
+        ('a b"c', "<=", FilterValue("number", 100.0)),
+        ("", ":", FilterValue("string", "k")),
+        ("flag", "=", FilterValue("bool", True)),
+        ("s", ">", FilterValue("string", "v")),
+    ]
+
+
+PREDICATE_REJECTED: list[tuple[str, str]] = [
+    ('labels = "red"', "field 'labels' at position 8: takes labels:\"LABEL\" or labels:*"),
+    ("labels:red", "field 'labels' expects a quoted string, a number, true or false at position 8"),
+    ("labels = *", "expects a quoted string, a number, true or false"),
+    ('props = "x"', "name a key: props.KEY"),
+    ('props.weight = "heavy"', "field 'props.weight' at position 14: compares numbers only"),
+    ('props."odd-key" < 1', "field 'props.\"odd-key\"' at position 17: takes = and > only"),
+    ("props.weight > 1e999", "expects a finite number at position 16"),
+    ("props. = 1", "expected a key after 'props.' at position 8"),
+    ('props. "k" = 1', "expected a key after 'props.'"),
+    ("props.odd-key = 1", "expected a comparison operator after 'props.odd'"),
+    ("colour = 1", "filterable fields: active, created, labels, name, owner, props.KEY, score"),
+    ("labels.x:*", "unknown field 'labels.x'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), PREDICATE_REJECTED, ids=[case[0][:40] for case in PREDICATE_REJECTED]
+)
+def test_a_bad_predicate_restriction_is_invalid_argument_on_filter(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_filter(text, PREDICATES)
+    violation = caught.value.violations[0]
+    assert violation.field == "filter"
+    assert message in violation.description

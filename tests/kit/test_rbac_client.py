@@ -1,7 +1,7 @@
 """RbacPermissionChecker against a real RBAC server on an ephemeral port (both backends).
 
 RBAC-side evidence counts the Check calls that reached RBAC: a spy around the
-server's own `Decisions.check` (the real one answers), which only the Check
+server's own `Decisions.decide` (the real one answers), which only the Check
 RPC reaches here (a self-check skips RBAC's own authorization).
 """
 
@@ -29,7 +29,7 @@ MEMBER = "member-1"
 
 
 class CheckSpy:
-    """Records the questions RBAC's Decisions.check receives, and lets the real one answer."""
+    """Records the questions RBAC's Decisions.decide receives, and lets the real one answer."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -52,8 +52,8 @@ async def rbac_channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:  # no
 @pytest.fixture
 def spy(server: Server, monkeypatch: pytest.MonkeyPatch) -> CheckSpy:  # noqa: F811
     decisions = server.service.domain.decisions
-    recorder = CheckSpy(decisions.check)
-    monkeypatch.setattr(decisions, "check", recorder)
+    recorder = CheckSpy(decisions.decide)
+    monkeypatch.setattr(decisions, "decide", recorder)
     return recorder
 
 
@@ -221,11 +221,13 @@ async def test_concurrent_identical_checks_make_one_rbac_call(
     checker = RbacPermissionChecker(rbac_channel, ManualClock())
     member = principal(server)
 
-    answers = await asyncio.gather(*(checker.check(member, "project", "read", "p-1", ORG) for _ in range(20)))
-    other = await checker.check(member, "project", "read", "p-2", ORG)
+    answers = await asyncio.gather(
+        *(checker.check(member, "project", "delete", "p-1", ORG) for _ in range(20))
+    )
+    other = await checker.check(member, "project", "delete", "p-2", ORG)
 
-    assert answers == [True] * 20
-    assert other
+    assert answers == [False] * 20
+    assert not other
     assert len(spy.calls) == 2
 
 
@@ -238,8 +240,9 @@ async def test_the_cache_is_a_bounded_lru(
     checker = RbacPermissionChecker(rbac_channel, ManualClock(), max_entries=2)
     member = principal(server)
 
+    # Denials: each is an answer about its own resource (an allowed, scope-wide one would serve them all).
     for resource_id in ("p-1", "p-2", "p-1", "p-3", "p-1", "p-2"):
-        await checker.check(member, "project", "read", resource_id, ORG)
+        await checker.check(member, "project", "delete", resource_id, ORG)
 
     assert len(checker) == 2
     # p-1 stays recent and is asked once; p-2 was evicted by p-3 and asked again.
@@ -299,3 +302,109 @@ async def test_workspace_scope_names_the_servers_workspace_or_a_project_in_it(
         Ref(ORG, "ws-1", "p-1", "project", "p-1"),
         Ref(ORG, "ws-1"),
     ]
+
+
+# --- scope-wide answers ----------------------------------------------------------------------------
+
+
+async def _project_editor(server: Server, subject: str = "editor") -> str:  # noqa: F811
+    """`subject` edits project p-1 of ws-1; the binding's id."""
+    await seed(server)
+    binding = await server.service.domain.administration.create_binding(
+        ORG, ("user", subject), "project_editor", Ref(ORG, workspace_id="ws-1", project_id="p-1")
+    )
+    return binding.id
+
+
+async def test_a_scope_wide_allow_serves_new_resource_ids_without_asking_rbac(
+    server: Server,  # noqa: F811
+    rbac_channel: grpc.aio.Channel,
+    spy: CheckSpy,
+) -> None:
+    await _project_editor(server)
+    checker = RbacPermissionChecker(rbac_channel, ManualClock(), scope=workspace_scope(ORG, "ws-1"))
+    editor = principal(server, "editor")
+
+    recorded = [await checker.check(editor, "run", "update", f"r-{index}", "p-1") for index in range(100)]
+    other_action = await checker.check(editor, "run", "delete", "r-0", "p-1")
+    other_project = await checker.check(editor, "run", "update", "r-0", "p-2")
+
+    assert recorded == [True] * 100
+    assert (other_action, other_project) == (True, False)
+    # One question per (type, action, scope): the 99 new runs were answered from the first.
+    assert [(call[1], call[2].project_id, call[2].resource_id) for call in spy.calls] == [
+        (("run", "update"), "p-1", "r-0"),
+        (("run", "delete"), "p-1", "r-0"),
+        (("run", "update"), "p-2", "r-0"),
+    ]
+    assert len(checker) == 3  # two scope-wide allows and one denial
+
+
+async def test_a_share_or_an_ownership_never_generalizes_nor_does_a_denial(
+    server: Server,  # noqa: F811
+    rbac_channel: grpc.aio.Channel,
+    spy: CheckSpy,
+) -> None:
+    await _project_editor(server)
+    domain = server.service.domain
+    await domain.administration.create_binding(
+        ORG, ("user", "friend"), "project_viewer", Ref(ORG, "ws-1", "p-1", "run", "r-1")
+    )
+    await domain.ownerships.record(("user", "editor"), Ref(ORG, "ws-1", "p-1", "run", "r-2"))
+    checker = RbacPermissionChecker(rbac_channel, ManualClock(), scope=workspace_scope(ORG, "ws-1"))
+    friend, editor = principal(server, "friend"), principal(server, "editor")
+    spy.calls.clear()  # recording the ownership asked whether the editor may create runs
+
+    shared = await checker.check(friend, "run", "read", "r-1", "p-1")
+    not_shared = await checker.check(friend, "run", "read", "r-3", "p-1")
+    owned = await checker.check(editor, "run", "share", "r-2", "p-1")  # an editor shares only what it owns
+    not_owned = await checker.check(editor, "run", "share", "r-3", "p-1")
+    denied_again = await checker.check(editor, "run", "share", "r-4", "p-1")
+
+    assert (shared, not_shared, owned, not_owned, denied_again) == (True, False, True, False, False)
+    assert [call[2].resource_id for call in spy.calls] == ["r-1", "r-3", "r-2", "r-3", "r-4"]
+
+
+async def test_removing_the_project_binding_ends_scope_wide_answers_within_the_ttl(
+    server: Server,  # noqa: F811
+    rbac_channel: grpc.aio.Channel,
+    spy: CheckSpy,
+) -> None:
+    binding_id = await _project_editor(server)
+    clock = ManualClock()
+    checker = RbacPermissionChecker(
+        rbac_channel, clock, cache_ttl_seconds=4, scope=workspace_scope(ORG, "ws-1")
+    )
+    editor = principal(server, "editor")
+    assert await checker.check(editor, "run", "create", "r-1", "p-1")
+
+    await server.service.domain.administration.delete_binding(ORG, binding_id)
+    clock.advance(seconds=3.9)
+    within_ttl = await checker.check(editor, "run", "create", "r-2", "p-1")
+    clock.advance(seconds=0.1)
+    after_ttl = await checker.check(editor, "run", "create", "r-3", "p-1")
+    checker.invalidate()
+    assert await checker.check(editor, "run", "create", "r-4", "p-1") is False
+
+    assert (within_ttl, after_ttl) == (True, False)
+    assert [call[2].resource_id for call in spy.calls] == ["r-1", "r-3", "r-4"]
+
+
+async def test_invalidate_and_a_noted_revision_drop_scope_wide_answers(
+    server: Server,  # noqa: F811
+    rbac_channel: grpc.aio.Channel,
+    spy: CheckSpy,
+) -> None:
+    binding_id = await _project_editor(server)
+    checker = RbacPermissionChecker(rbac_channel, ManualClock(), scope=workspace_scope(ORG, "ws-1"))
+    editor = principal(server, "editor")
+    assert await checker.check(editor, "run", "read", "r-1", "p-1")
+
+    checker.invalidate("editor")
+    assert await checker.check(editor, "run", "read", "r-2", "p-1")
+    revision = await server.service.domain.administration.delete_binding(ORG, binding_id)
+    checker.note_revision(revision)
+    after = await checker.check(editor, "run", "read", "r-3", "p-1")
+
+    assert not after
+    assert [call[2].resource_id for call in spy.calls] == ["r-1", "r-2", "r-3"]

@@ -23,11 +23,13 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel.orgs.v1 import workspaces_pb2, workspaces_pb2_grpc
 from keel.rbac.v1 import rbac_pb2
+from services.kit.status import rich_status_of
 from services.metadata.server import MetadataService, build_service, migrate
 from services.metadata.settings import MetadataSettings
 from services.metadata.store import MetadataStore
@@ -243,3 +245,15 @@ async def metadata_store(engine: AsyncEngine) -> MetadataStore:
     """A migrated metadata store on the parametrized backend (no servers)."""
     await migrate(engine, MetadataSettings())
     return MetadataStore(engine)
+
+
+def field_of(error: grpc.aio.AioRpcError) -> str:
+    """The field named by the first BadRequest violation of an INVALID_ARGUMENT answer."""
+    status = rich_status_of(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return str(bad.field_violations[0].field)
+    raise AssertionError("no BadRequest detail")

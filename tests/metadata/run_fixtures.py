@@ -11,6 +11,7 @@ from services.metadata.runs import Runs
 from services.metadata.snapshots import SnapshotInput, StepDefinition
 from services.metadata.store import MetadataStore, projects, stacks
 from tests.clock import ManualClock
+from tests.metadata.domain_fixtures import WORKLOAD, offline_domain
 
 
 async def add_project_and_stack(store: MetadataStore, clock: ManualClock) -> tuple[str, str]:
@@ -53,9 +54,9 @@ async def snapshot_in_new_project(
 ) -> tuple[str, str, str]:
     """A project with a pipeline and a snapshot (a diamond by default): project, pipeline, snapshot ids."""
     project_id, stack_id = await add_project_and_stack(store, clock)
-    pipelines = Pipelines(store, clock)
-    pipeline, _ = await pipelines.create_pipeline(project_id, "training", "")
-    made, _ = await pipelines.create_snapshot(project_id, pipeline.id, snapshot or diamond(stack_id))
+    pipelines = Pipelines(offline_domain(store, clock))
+    pipeline = await pipelines.create_pipeline(WORKLOAD, project_id, "training", "")
+    made = await pipelines.create_snapshot(WORKLOAD, project_id, pipeline.id, snapshot or diamond(stack_id))
     return project_id, pipeline.id, made.id
 
 

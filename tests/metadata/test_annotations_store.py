@@ -12,6 +12,7 @@ from services.metadata.models import Models
 from services.metadata.store import MetadataStore
 from tests.clock import ManualClock
 from tests.metadata.artifact_fixtures import project_with_run
+from tests.metadata.domain_fixtures import WORKLOAD, offline_domain
 
 
 async def test_metadata_is_typed_and_upserted(metadata_store: MetadataStore) -> None:
@@ -69,11 +70,11 @@ async def test_metadata_targets_exist_in_the_project(metadata_store: MetadataSto
     other = await project_with_run(metadata_store, clock)
     notes = Annotations(metadata_store, clock)
     artifacts = Artifacts(metadata_store, clock)
-    models = Models(metadata_store, clock)
+    models = Models(offline_domain(metadata_store, clock))
     artifact, _ = await artifacts.create_artifact(run.project_id, "data", "", "")
     av, _ = await artifacts.create_version(run.project_id, artifact.id, VersionInput(uri="s3://b/d"))
-    model, _ = await models.create_model(run.project_id, "m", "")
-    mv, _ = await models.create_version(run.project_id, model.id, "")
+    model = await models.create_model(WORKLOAD, run.project_id, "m", "")
+    mv = await models.create_version(WORKLOAD, run.project_id, model.id, "")
     for target in (
         Target("step", run.steps["train"]),
         Target("artifact_version", av.id),

@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
 from sqlalchemy import insert
 
 from keel.metadata.v1 import annotations_pb2 as an
@@ -22,22 +21,10 @@ from keel.metadata.v1 import pipelines_pb2 as pp
 from keel.metadata.v1 import pipelines_pb2_grpc as pp_grpc
 from keel.metadata.v1 import runs_pb2 as rp
 from keel.metadata.v1 import runs_pb2_grpc as rp_grpc
-from services.kit.status import rich_status_of
 from services.metadata.store import stacks
-from tests.metadata.conftest import MetadataStack
+from tests.metadata.conftest import MetadataStack, field_of
 
 Stage = mo.ModelVersion.Stage
-
-
-def _field_of(error: grpc.aio.AioRpcError) -> str:
-    status = rich_status_of(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return str(bad.field_violations[0].field)
-    raise AssertionError("no BadRequest detail")
 
 
 async def _fails(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -172,7 +159,7 @@ async def test_artifacts_lineage_models_and_annotations_through_the_server(
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert _field_of(bad) == "artifact_version.uri"
+    assert field_of(bad) == "artifact_version.uri"
     await _fails(
         artifacts.GetArtifact(
             ar.GetArtifactRequest(workspace_id=str(uuid.uuid4()), project_id=p, artifact_id=raw.artifact_id),
@@ -268,7 +255,7 @@ async def test_artifacts_lineage_models_and_annotations_through_the_server(
         notes.ListTags(an.ListTagsRequest(workspace_id=ws, project_id=p), metadata=owner),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert _field_of(missing_kind) == "target.kind"
+    assert field_of(missing_kind) == "target.kind"
 
 
 async def test_roles_and_ownership_govern_artifacts_models_and_annotations(

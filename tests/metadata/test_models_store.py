@@ -17,6 +17,7 @@ from services.metadata.models import Models
 from services.metadata.store import MetadataStore
 from tests.clock import ManualClock
 from tests.metadata.artifact_fixtures import project_with_run
+from tests.metadata.domain_fixtures import WORKLOAD, offline_domain
 
 
 async def _stages(store: MetadataStore, model_id: str) -> dict[int, str]:
@@ -32,11 +33,13 @@ async def _stages(store: MetadataStore, model_id: str) -> dict[int, str]:
 async def test_versions_are_numbered_atomically_under_concurrency(metadata_store: MetadataStore) -> None:
     clock = ManualClock()
     run = await project_with_run(metadata_store, clock)
-    models = Models(metadata_store, clock)
-    model, _ = await models.create_model(run.project_id, "churn", "")
-    made = await asyncio.gather(*(models.create_version(run.project_id, model.id, "") for _ in range(10)))
-    assert sorted(v.number for v, _ in made) == list(range(1, 11))
-    assert {v.stage for v, _ in made} == {st.NONE}
+    models = Models(offline_domain(metadata_store, clock))
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
+    made = await asyncio.gather(
+        *(models.create_version(WORKLOAD, run.project_id, model.id, "") for _ in range(10))
+    )
+    assert sorted(v.number for v in made) == list(range(1, 11))
+    assert {v.stage for v in made} == {st.NONE}
     page, _ = await models.list_versions(
         run.project_id, model.id, EVERYTHING, ListQuery(filter="number <= 3")
     )
@@ -46,10 +49,10 @@ async def test_versions_are_numbered_atomically_under_concurrency(metadata_store
 async def test_promotion_archives_the_previous_production_version(metadata_store: MetadataStore) -> None:
     clock = ManualClock()
     run = await project_with_run(metadata_store, clock)
-    models = Models(metadata_store, clock)
-    model, _ = await models.create_model(run.project_id, "churn", "")
-    one, _ = await models.create_version(run.project_id, model.id, "")
-    two, _ = await models.create_version(run.project_id, model.id, "")
+    models = Models(offline_domain(metadata_store, clock))
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
+    one = await models.create_version(WORKLOAD, run.project_id, model.id, "")
+    two = await models.create_version(WORKLOAD, run.project_id, model.id, "")
     first = await models.promote(run.project_id, model.id, one.id, st.PRODUCTION)
     assert first.version.stage == st.PRODUCTION
     assert first.demoted is None
@@ -79,9 +82,9 @@ async def test_concurrent_promotions_leave_exactly_one_production_version(
 ) -> None:
     clock = ManualClock()
     run = await project_with_run(metadata_store, clock)
-    models = Models(metadata_store, clock)
-    model, _ = await models.create_model(run.project_id, "churn", "")
-    versions = [(await models.create_version(run.project_id, model.id, ""))[0] for _ in range(6)]
+    models = Models(offline_domain(metadata_store, clock))
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
+    versions = [await models.create_version(WORKLOAD, run.project_id, model.id, "") for _ in range(6)]
     for _ in range(3):
         results = await asyncio.gather(
             *(models.promote(run.project_id, model.id, v.id, st.PRODUCTION) for v in versions)
@@ -98,10 +101,10 @@ async def test_concurrent_promotions_leave_exactly_one_production_version(
 async def test_the_database_refuses_a_second_production_version(metadata_store: MetadataStore) -> None:
     clock = ManualClock()
     run = await project_with_run(metadata_store, clock)
-    models = Models(metadata_store, clock)
-    model, _ = await models.create_model(run.project_id, "churn", "")
-    one, _ = await models.create_version(run.project_id, model.id, "")
-    two, _ = await models.create_version(run.project_id, model.id, "")
+    models = Models(offline_domain(metadata_store, clock))
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
+    one = await models.create_version(WORKLOAD, run.project_id, model.id, "")
+    two = await models.create_version(WORKLOAD, run.project_id, model.id, "")
     await models.promote(run.project_id, model.id, one.id, st.PRODUCTION)
     with pytest.raises(IntegrityError):
         async with metadata_store.transaction() as tx:
@@ -114,12 +117,12 @@ async def test_links_point_at_artifact_versions_and_runs_of_the_project(
     clock = ManualClock()
     run = await project_with_run(metadata_store, clock)
     other = await project_with_run(metadata_store, clock)
-    models = Models(metadata_store, clock)
+    models = Models(offline_domain(metadata_store, clock))
     artifacts = Artifacts(metadata_store, clock)
     weights, _ = await artifacts.create_artifact(run.project_id, "weights", "", "")
     av, _ = await artifacts.create_version(run.project_id, weights.id, VersionInput(uri="s3://b/w"))
-    model, _ = await models.create_model(run.project_id, "churn", "")
-    mv, _ = await models.create_version(run.project_id, model.id, "")
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
+    mv = await models.create_version(WORKLOAD, run.project_id, model.id, "")
     first = await models.create_link(
         run.project_id, model.id, mv.id, "artifact_version", av.id, "weights", request_id="l-1"
     )
@@ -147,10 +150,10 @@ async def test_links_point_at_artifact_versions_and_runs_of_the_project(
 async def test_deleting_a_model_deletes_versions_and_links(metadata_store: MetadataStore) -> None:
     clock = ManualClock()
     run = await project_with_run(metadata_store, clock)
-    models = Models(metadata_store, clock)
-    model, _ = await models.create_model(run.project_id, "churn", "")
+    models = Models(offline_domain(metadata_store, clock))
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
     for _ in range(3):
-        mv, _ = await models.create_version(run.project_id, model.id, "")
+        mv = await models.create_version(WORKLOAD, run.project_id, model.id, "")
         await models.create_link(run.project_id, model.id, mv.id, "run", run.run_id, "training")
     await models.promote(run.project_id, model.id, mv.id, st.PRODUCTION)
     assert await models.delete_model(run.project_id, model.id, "") == 3
@@ -160,4 +163,37 @@ async def test_deleting_a_model_deletes_versions_and_links(metadata_store: Metad
         left = (await tx.conn.execute(select(st.model_version_links.c.id))).all()
     assert left == []
     # The name is free again.
-    await models.create_model(run.project_id, "churn", "")
+    await models.create_model(WORKLOAD, run.project_id, "churn", "")
+
+
+async def test_update_version_writes_the_description_and_checks_the_etag(
+    metadata_store: MetadataStore,
+) -> None:
+    clock = ManualClock()
+    run = await project_with_run(metadata_store, clock)
+    models = Models(offline_domain(metadata_store, clock))
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
+    other = await models.create_model(WORKLOAD, run.project_id, "fraud", "")
+    version = await models.create_version(WORKLOAD, run.project_id, model.id, "first cut")
+    clock.advance(seconds=5)
+    updated = await models.update_version(
+        run.project_id, model.id, version.id, '"1"', {"description": "retrained"}
+    )
+    assert (updated.description, updated.version, updated.update_time) == ("retrained", 2, clock.now())
+    assert (updated.number, updated.stage, updated.stage_time) == (1, st.NONE, version.stage_time)
+    assert await models.get_version(run.project_id, model.id, version.id) == updated
+    with pytest.raises(Aborted):
+        await models.update_version(run.project_id, model.id, version.id, '"1"', {"description": "x"})
+    # A promotion changes the etag too; an empty etag skips the check.
+    await models.promote(run.project_id, model.id, version.id, st.STAGING)
+    with pytest.raises(Aborted):
+        await models.update_version(run.project_id, model.id, version.id, '"2"', {"description": "x"})
+    last = await models.update_version(run.project_id, model.id, version.id, "", {"description": "final"})
+    assert (last.description, last.stage, last.version) == ("final", st.STAGING, 4)
+    with pytest.raises(InvalidArgument) as long:
+        await models.update_version(run.project_id, model.id, version.id, "", {"description": "x" * 1001})
+    assert long.value.violations[0].field == "model_version.description"
+    with pytest.raises(NotFound):
+        await models.update_version(run.project_id, other.id, version.id, "", {"description": "x"})
+    with pytest.raises(NotFound):
+        await models.update_version(run.project_id, model.id, "missing", "", {"description": "x"})

@@ -7,30 +7,18 @@ import uuid
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
 
 from keel.metadata.v1 import code_repositories_pb2 as cr
 from keel.metadata.v1 import code_repositories_pb2_grpc as cr_grpc
 from keel.metadata.v1 import projects_pb2 as pb
 from keel.metadata.v1 import projects_pb2_grpc as pb_grpc
 from keel.rbac.v1 import rbac_pb2
-from services.kit.status import error_info_of, rich_status_of
-from tests.metadata.conftest import MetadataStack
+from services.kit.status import error_info_of
+from tests.metadata.conftest import MetadataStack, field_of
 
 
 def _stub(stack: MetadataStack) -> pb_grpc.ProjectServiceAsyncStub:
     return pb_grpc.ProjectServiceStub(stack.channel)
-
-
-def _field_of(error: grpc.aio.AioRpcError) -> str:
-    status = rich_status_of(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return str(bad.field_violations[0].field)
-    raise AssertionError("no BadRequest detail")
 
 
 async def _owner_of(stack: MetadataStack, project_id: str) -> str | None:
@@ -94,7 +82,7 @@ async def test_names_are_validated_and_unique(metadata_stack: MetadataStack) -> 
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await stack.project("Not A Name")
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _field_of(bad.value) == "project.name"
+    assert field_of(bad.value) == "project.name"
 
 
 async def test_request_id_makes_create_idempotent(metadata_stack: MetadataStack) -> None:

@@ -7,30 +7,17 @@ import uuid
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from sqlalchemy import insert
 
 from keel.metadata.v1 import pipelines_pb2 as pp
 from keel.metadata.v1 import pipelines_pb2_grpc as pp_grpc
 from keel.metadata.v1 import runs_pb2 as rp
 from keel.metadata.v1 import runs_pb2_grpc as rp_grpc
-from services.kit.status import rich_status_of
 from services.metadata.store import stacks
-from tests.metadata.conftest import MetadataStack
+from tests.metadata.conftest import MetadataStack, field_of
 
 Status = rp.Run.Status
 StepStatus = rp.StepRun.Status
-
-
-def _field_of(error: grpc.aio.AioRpcError) -> str:
-    status = rich_status_of(error)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return str(bad.field_violations[0].field)
-    raise AssertionError("no BadRequest detail")
 
 
 async def _stack_id(stack: MetadataStack) -> str:
@@ -101,7 +88,7 @@ async def test_pipeline_snapshot_and_run_lifecycle(metadata_stack: MetadataStack
             metadata=owner,
         )
     assert cycle.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _field_of(cycle.value) == "snapshot.steps"
+    assert field_of(cycle.value) == "snapshot.steps"
     assert "cycle" in (cycle.value.details() or "")
 
     snapshot = await pipelines.CreateSnapshot(

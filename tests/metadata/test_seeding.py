@@ -14,6 +14,7 @@ from services.metadata.pipelines import Pipelines
 from services.metadata.runs import Runs
 from services.metadata.store import MetadataStore
 from tests.clock import ManualClock
+from tests.metadata.domain_fixtures import offline_domain
 from tests.metadata.run_fixtures import add_project_and_stack
 
 RUNS = 37
@@ -69,7 +70,7 @@ async def test_seeded_runs_read_back_through_the_store(
     assert {step.status for step in dag.steps} == {s.COMPLETED}
 
     # The snapshot parses into its steps.
-    snapshot = await Pipelines(metadata_store, clock).get_snapshot(
+    snapshot = await Pipelines(offline_domain(metadata_store, clock)).get_snapshot(
         project_id, pipeline.id, pipeline.snapshot_id
     )
     assert [step.name for step in snapshot.steps] == [f"step-{i}" for i in range(seeding.STEPS)]

@@ -18,6 +18,7 @@ from keel.rbac.v1 import rbac_pb2_grpc
 from services.kit.tokens import JwksCache
 from services.rbac.administration import Administration
 from services.rbac.decisions import Decisions
+from services.rbac.ownership import Ownerships
 from services.rbac.server import RbacService, build_service, migrate
 from services.rbac.settings import RbacSettings
 from services.rbac.store import RbacStore
@@ -42,6 +43,7 @@ class Rbac:
     store: RbacStore
     decisions: Decisions
     administration: Administration
+    ownerships: Ownerships
     ticker: Ticker
 
 
@@ -52,7 +54,10 @@ async def rbac(engine: AsyncEngine) -> Rbac:
     store = RbacStore(engine)
     ticker = Ticker()
     decisions = Decisions(store, poll_seconds=0.1, monotonic=ticker)
-    return Rbac(store, decisions, Administration(store, decisions, ManualClock()), ticker)
+    clock = ManualClock()
+    return Rbac(
+        store, decisions, Administration(store, decisions, clock), Ownerships(store, decisions, clock), ticker
+    )
 
 
 @dataclass

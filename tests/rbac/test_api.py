@@ -149,7 +149,11 @@ async def test_lookup_resources_all_versus_explicit_ids(server: Server) -> None:
     administration = server.service.domain.administration
     await administration.create_binding(ORG, ("user", MEMBER), "project_viewer", Ref(ORG, "ws-1", "p-1"))
     await administration.create_binding(ORG, ("user", MEMBER), "project_editor", Ref(ORG, "ws-1", "p-2"))
-    await administration.record_ownership(("user", MEMBER), Ref(ORG, "ws-1", "p-2", "run", "r-7"))
+    creators = await administration.create_role(ORG, "Run creators", "", "project", [("run", "create")])
+    await administration.create_binding(ORG, ("user", MEMBER), creators.record.id, Ref(ORG, "ws-1", "p-3"))
+    ownerships = server.service.domain.ownerships
+    await ownerships.record(("user", MEMBER), Ref(ORG, "ws-1", "p-2", "run", "r-7"))
+    await ownerships.record(("user", MEMBER), Ref(ORG, "ws-1", "p-3", "run", "r-8"))
 
     def lookup(subject: str, workspace_id: str) -> rbac_pb2.LookupResourcesRequest:
         return rbac_pb2.LookupResourcesRequest(
@@ -166,7 +170,9 @@ async def test_lookup_resources_all_versus_explicit_ids(server: Server) -> None:
     assert for_admin.all
     assert not for_member.all
     assert list(for_member.project_ids) == ["p-1", "p-2"]
-    assert list(for_member.resource_ids) == ["r-7"]
+    # Owned r-8 (in p-3, where the member may create runs but not read them); r-7 lies in p-2, named already.
+    assert list(for_member.resource_ids) == ["r-8"]
+    assert not for_member.resource_ids_truncated
 
 
 async def test_list_effective_permissions_of_the_caller(server: Server) -> None:
@@ -370,7 +376,7 @@ async def test_forget_resource_needs_delete_on_it_and_drops_its_shares(server: S
     administration = server.service.domain.administration
     await administration.create_binding(ORG, ("user", MEMBER), "project_editor", Ref(ORG, "ws-1", "p-1"))
     run = Ref(ORG, "ws-1", "p-1", "run", "r-1")
-    await administration.record_ownership(("user", MEMBER), run)
+    await server.service.domain.ownerships.record(("user", MEMBER), run)
     await administration.create_binding(ORG, ("user", "viewer-1"), "project_viewer", run)
     resource = rbac_pb2.ResourceRef(
         organization_id=ORG, workspace_id="ws-1", project_id="p-1", resource_type="run", resource_id="r-1"
@@ -386,9 +392,10 @@ async def test_forget_resource_needs_delete_on_it_and_drops_its_shares(server: S
         rbac_pb2.ForgetResourceRequest(resource=resource), metadata=server.token(MEMBER)
     )
 
-    assert forgotten.deleted_bindings == 2
-    allowed, _ = await server.service.domain.decisions.check(("user", "viewer-1"), ("run", "read"), run)
-    assert not allowed
+    assert (forgotten.deleted_bindings, forgotten.deleted_ownerships) == (1, 1)
+    decisions = server.service.domain.decisions
+    assert not (await decisions.check(("user", "viewer-1"), ("run", "read"), run))[0]
+    assert not (await decisions.check(("user", MEMBER), ("run", "share"), run))[0]  # no longer the owner
 
 
 async def test_forgetting_a_workspace_drops_the_bindings_inside_it_and_no_others(server: Server) -> None:
@@ -416,7 +423,7 @@ async def test_share_resource_needs_share_and_never_grants_more_than_the_sharer_
     await seed_admin_and_member(server)
     administration = server.service.domain.administration
     await administration.create_binding(ORG, ("user", MEMBER), "project_editor", Ref(ORG, "ws-1", "p-1"))
-    await administration.record_ownership(("user", MEMBER), Ref(ORG, "ws-1", "p-1", "run", "r-1"))
+    await server.service.domain.ownerships.record(("user", MEMBER), Ref(ORG, "ws-1", "p-1", "run", "r-1"))
     chain = {"organization_id": ORG, "workspace_id": "ws-1", "project_id": "p-1", "resource_type": "run"}
     run = rbac_pb2.ResourceRef(resource_id="r-1", **chain)
     not_owned = rbac_pb2.ResourceRef(resource_id="r-2", **chain)

@@ -189,7 +189,7 @@ async def test_team_memberships_ownership_shares_forgets_and_purges_are_recorded
     events = await events_since(server, mark)
     assert [summary(e)[:4] for e in events] == [
         ("rbac.team_member.add", ORG, "team", "team-1"),
-        ("rbac.ownership.record", ORG, "role_binding", owned.id),
+        ("rbac.ownership.record", ORG, "run", "r-1"),
         ("rbac.resource.share", ORG, "role_binding", shared.id),
         ("rbac.resource.forget", ORG, "run", "r-1"),
         ("rbac.team_member.remove", ORG, "team", "team-1"),
@@ -197,8 +197,20 @@ async def test_team_memberships_ownership_shares_forgets_and_purges_are_recorded
     ]
     assert events[0].details == {"member_kind": "user", "member_id": MEMBER}
     assert events[1].actor == Actor(MEMBER, "user")
-    assert events[3].details == {"deleted_bindings": 2, "workspace_id": "ws-1", "project_id": "p-1"}
-    assert events[5].details == {"deleted_bindings": 2, "deleted_memberships": 0}
+    assert events[1].details == {
+        "owner_kind": "user",
+        "owner_id": MEMBER,
+        "ownership_id": owned.id,
+        "workspace_id": "ws-1",
+        "project_id": "p-1",
+    }
+    assert events[3].details == {
+        "deleted_bindings": 1,
+        "deleted_ownerships": 1,
+        "workspace_id": "ws-1",
+        "project_id": "p-1",
+    }
+    assert events[5].details == {"deleted_bindings": 2, "deleted_memberships": 0, "deleted_ownerships": 0}
 
 
 async def test_a_rule_denial_records_a_denied_event_with_the_request_id(server: Server) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from services.rbac.catalog import ALL_PERMISSIONS, BUILT_IN_ROLES, BuiltInRole
-from services.rbac.evaluator import Binding, Membership, OrganizationIndex, Ref
+from services.rbac.evaluator import (
+    NOT_HELD,
+    ON_RESOURCE,
+    SCOPE_WIDE,
+    Binding,
+    Membership,
+    OrganizationIndex,
+    Ref,
+)
 
 ORG = "org-1"
 ALICE = ("user", "alice")
@@ -149,3 +157,26 @@ def test_effective_permissions_union_the_chain() -> None:
     assert held == set(BUILT_IN_ROLES["organization_member"].permissions) | set(
         BUILT_IN_ROLES["project_viewer"].permissions
     )
+
+
+def test_a_grant_above_the_resource_is_scope_wide_and_wins_over_one_on_it() -> None:
+    team = ("team", "t-1")
+    project = Ref(ORG, "ws-1", "proj-1", "project", "proj-1")
+    evaluated = index(
+        bind(team, "project_viewer", Ref(ORG, "ws-1", "proj-1")),
+        bind(BOB, "project_viewer", Ref(ORG, "ws-1", "proj-1", "run", "r-1")),
+        bind(BOB, "project_editor", Ref(ORG, "ws-1", "proj-1")),
+        bind(ROBOT, "workspace_viewer", Ref(ORG, "ws-1")),
+        members=(Membership("t-1", "user", "alice"),),
+    )
+    run = Ref(ORG, "ws-1", "proj-1", "run", "r-1")
+
+    assert evaluated.grant(ALICE, ("run", "read"), run) == SCOPE_WIDE  # through the team's project role
+    assert evaluated.grant(BOB, ("run", "read"), run) == SCOPE_WIDE  # the project role, not the share
+    assert evaluated.grant(ALICE, ("project", "read"), project) == ON_RESOURCE  # the project's own level
+    # A workspace role checked on the workspace itself: that level is the resource's own.
+    assert evaluated.grant(ROBOT, ("workspace", "read"), Ref(ORG, "ws-1", "", "workspace", "ws-1")) == (
+        ON_RESOURCE
+    )
+    assert evaluated.grant(ROBOT, ("project", "read"), project) == SCOPE_WIDE
+    assert evaluated.grant(ALICE, ("run", "update"), run) == NOT_HELD

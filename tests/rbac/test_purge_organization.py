@@ -47,7 +47,7 @@ async def test_purge_removes_the_organization_s_roles_bindings_and_memberships_o
     assert (await rbac.decisions.check(("user", "u-1"), ("run", "read"), reader))[0]
     before = (await rbac.store.revisions(ORG))[0]
 
-    bindings, deleted_roles, memberships, revision = await rbac.administration.purge_organization(ORG)
+    bindings, deleted_roles, memberships, _, revision = await rbac.administration.purge_organization(ORG)
 
     assert (bindings, deleted_roles, memberships) == (2, 1, 2)
     assert revision > before
@@ -68,7 +68,7 @@ async def test_purge_records_one_event_in_its_transaction_and_a_repeat_purges_no
     await rbac.administration.purge_organization(ORG)
     again = await rbac.administration.purge_organization(ORG)
 
-    assert again[:3] == (0, 0, 0)
+    assert again[:4] == (0, 0, 0, 0)
     async with rbac.store.engine.connect() as conn:
         payloads = (
             await conn.execute(
@@ -83,7 +83,12 @@ async def test_purge_records_one_event_in_its_transaction_and_a_repeat_purges_no
         ("organization", ORG, "SUCCESS"),
         ("organization", ORG, "SUCCESS"),
     ]
-    assert purges[0].details == {"deleted_bindings": 2, "deleted_roles": 1, "deleted_memberships": 2}
+    assert purges[0].details == {
+        "deleted_bindings": 2,
+        "deleted_roles": 1,
+        "deleted_memberships": 2,
+        "deleted_ownerships": 0,
+    }
     assert notified == [1, 1]
 
 

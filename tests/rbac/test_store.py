@@ -149,16 +149,16 @@ async def test_last_organization_admin_cannot_be_unbound(rbac: Rbac) -> None:
 async def test_ownership_needs_create_rights_and_has_one_owner(rbac: Rbac) -> None:
     pipeline = Ref(ORG, "ws-1", "proj-1", "pipeline", "p-1")
     with pytest.raises(FailedPrecondition):
-        await rbac.administration.record_ownership(ALICE, pipeline)
+        await rbac.ownerships.record(ALICE, pipeline)
     await rbac.administration.create_binding(ORG, ALICE, "project_editor", Ref(ORG, "ws-1", "proj-1"))
     await rbac.administration.create_binding(ORG, BOB, "project_editor", Ref(ORG, "ws-1", "proj-1"))
 
-    owned = await rbac.administration.record_ownership(ALICE, pipeline)
-    again = await rbac.administration.record_ownership(ALICE, pipeline)
+    owned = await rbac.ownerships.record(ALICE, pipeline)
+    again = await rbac.ownerships.record(ALICE, pipeline)
     with pytest.raises(AlreadyExists):
-        await rbac.administration.record_ownership(BOB, pipeline)
+        await rbac.ownerships.record(BOB, pipeline)
 
-    assert again.id == owned.id
+    assert again.ownerships[0].id == owned.ownerships[0].id
     assert (await rbac.decisions.check(ALICE, ("pipeline", "share"), pipeline))[0]
     assert not (await rbac.decisions.check(BOB, ("pipeline", "share"), pipeline))[0]
 

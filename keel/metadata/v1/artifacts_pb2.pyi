@@ -365,7 +365,7 @@ class ListArtifactsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name, type, create_time, update_time."""
+    """AIP-160 filter over name, type, create_time, update_time and tags (`tags:"x"`, `tags:*`)."""
     order_by: _builtins.str
     """Ordering: "create_time" (default, newest first with " desc") or "name", optionally with " desc"."""
     def __init__(
@@ -606,7 +606,10 @@ class ListArtifactVersionsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over number, type, materializer, content_hash, producer_run_id, create_time."""
+    """AIP-160 filter over number, type, materializer, content_hash, producer_run_id, create_time,
+    tags (`tags:"x"`, `tags:*`) and run metadata (`metadata.KEY:*`, `metadata.KEY = "v"`,
+    numbers with = != < <= > >=, e.g. `metadata.accuracy >= 0.9`; see ListModelVersions).
+    """
     order_by: _builtins.str
     """Ordering: "number" (default "number desc") or "create_time", optionally with " desc"."""
     def __init__(

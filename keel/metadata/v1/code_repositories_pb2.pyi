@@ -204,7 +204,7 @@ class ListCodeRepositoriesRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name, type, url and create_time."""
+    """AIP-160 filter over name, type, url, create_time and tags (`tags:"x"`: has the tag x; `tags:*`: has any)."""
     order_by: _builtins.str
     """Ordering: "create_time" or "name", optionally with " desc"."""
     def __init__(

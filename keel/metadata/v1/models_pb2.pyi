@@ -141,7 +141,7 @@ class ModelVersion(_message.Message):
     stage: Global___ModelVersion.Stage.ValueType
     """Current stage."""
     etag: _builtins.str
-    """Opaque version for optimistic concurrency (promotion may check it)."""
+    """Opaque version for optimistic concurrency: echo it on update or promotion; a stale one is ABORTED."""
     @_builtins.property
     def stage_time(self) -> _timestamp_pb2.Timestamp:
         """When the stage last changed."""
@@ -309,7 +309,9 @@ class ListModelsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name, create_time, update_time."""
+    """AIP-160 filter over name, create_time, update_time and tags (`tags:"x"`: has the tag x; `tags:*`: has any),
+    e.g. `tags:"prod" AND create_time > "2024-05-01T00:00:00Z"`.
+    """
     order_by: _builtins.str
     """Ordering: "create_time" (default " desc") or "name", optionally with " desc"."""
     def __init__(
@@ -550,7 +552,11 @@ class ListModelVersionsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over number, stage, create_time, stage_time."""
+    """AIP-160 filter over number, stage, create_time, stage_time, tags (`tags:"x"`, `tags:*`) and run
+    metadata: `metadata.KEY:*` (has the key), `metadata.KEY = "v"`, `metadata.KEY = true`, numbers
+    with = != < <= > >= (e.g. `metadata.accuracy >= 0.9`); `metadata."KEY"` quotes a key with other
+    characters than letters, digits, _ and . ; a literal matches values of its own type only.
+    """
     order_by: _builtins.str
     """Ordering: "number" (default "number desc"), "create_time" or "stage_time", optionally with " desc"."""
     def __init__(
@@ -599,6 +605,48 @@ class ListModelVersionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelVersionsResponse: _TypeAlias = ListModelVersionsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateModelVersionRequest(_message.Message):
+    """Request of UpdateModelVersion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Workspace of the project."""
+    project_id: _builtins.str
+    """Project of the model."""
+    model_id: _builtins.str
+    """Model of the version."""
+    @_builtins.property
+    def model_version(self) -> Global___ModelVersion:
+        """The version with its id, etag (empty skips the check) and new values."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to update: description. Empty means all of them."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        model_version: Global___ModelVersion | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "model_version", b"model_version", "project_id", b"project_id", "update_mask", b"update_mask", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateModelVersionRequest: _TypeAlias = UpdateModelVersionRequest  # noqa: Y015
 
 @_typing.final
 class DeleteModelVersionRequest(_message.Message):

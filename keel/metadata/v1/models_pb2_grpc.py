@@ -75,6 +75,11 @@ class ModelServiceStub:
                 request_serializer=keel_dot_metadata_dot_v1_dot_models__pb2.ListModelVersionsRequest.SerializeToString,
                 response_deserializer=keel_dot_metadata_dot_v1_dot_models__pb2.ListModelVersionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateModelVersion = channel.unary_unary(
+                '/keel.metadata.v1.ModelService/UpdateModelVersion',
+                request_serializer=keel_dot_metadata_dot_v1_dot_models__pb2.UpdateModelVersionRequest.SerializeToString,
+                response_deserializer=keel_dot_metadata_dot_v1_dot_models__pb2.ModelVersion.FromString,
+                _registered_method=True)
         self.DeleteModelVersion = channel.unary_unary(
                 '/keel.metadata.v1.ModelService/DeleteModelVersion',
                 request_serializer=keel_dot_metadata_dot_v1_dot_models__pb2.DeleteModelVersionRequest.SerializeToString,
@@ -162,6 +167,13 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateModelVersion(self, request, context):
+        """Updates a model version's user-editable fields (description); its stage moves only by PromoteModelVersion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteModelVersion(self, request, context):
         """Deletes a model version with its links.
         """
@@ -239,6 +251,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.ListModelVersions,
                     request_deserializer=keel_dot_metadata_dot_v1_dot_models__pb2.ListModelVersionsRequest.FromString,
                     response_serializer=keel_dot_metadata_dot_v1_dot_models__pb2.ListModelVersionsResponse.SerializeToString,
+            ),
+            'UpdateModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateModelVersion,
+                    request_deserializer=keel_dot_metadata_dot_v1_dot_models__pb2.UpdateModelVersionRequest.FromString,
+                    response_serializer=keel_dot_metadata_dot_v1_dot_models__pb2.ModelVersion.SerializeToString,
             ),
             'DeleteModelVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteModelVersion,
@@ -483,6 +500,33 @@ class ModelService:
             '/keel.metadata.v1.ModelService/ListModelVersions',
             keel_dot_metadata_dot_v1_dot_models__pb2.ListModelVersionsRequest.SerializeToString,
             keel_dot_metadata_dot_v1_dot_models__pb2.ListModelVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.metadata.v1.ModelService/UpdateModelVersion',
+            keel_dot_metadata_dot_v1_dot_models__pb2.UpdateModelVersionRequest.SerializeToString,
+            keel_dot_metadata_dot_v1_dot_models__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,

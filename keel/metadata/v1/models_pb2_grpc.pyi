@@ -51,6 +51,8 @@ class ModelServiceStub:
     """Returns a model version."""
     ListModelVersions: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelVersionsRequest, _models_pb2.ListModelVersionsResponse]
     """Lists the versions of a model the caller may read, newest first by default."""
+    UpdateModelVersion: _grpc.UnaryUnaryMultiCallable[_models_pb2.UpdateModelVersionRequest, _models_pb2.ModelVersion]
+    """Updates a model version's user-editable fields (description); its stage moves only by PromoteModelVersion."""
     DeleteModelVersion: _grpc.UnaryUnaryMultiCallable[_models_pb2.DeleteModelVersionRequest, _models_pb2.DeleteModelVersionResponse]
     """Deletes a model version with its links."""
     PromoteModelVersion: _grpc.UnaryUnaryMultiCallable[_models_pb2.PromoteModelVersionRequest, _models_pb2.PromoteModelVersionResponse]
@@ -83,6 +85,8 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Returns a model version."""
     ListModelVersions: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelVersionsRequest, _models_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
     """Lists the versions of a model the caller may read, newest first by default."""
+    UpdateModelVersion: _aio.UnaryUnaryMultiCallable[_models_pb2.UpdateModelVersionRequest, _models_pb2.ModelVersion]  # type: ignore[assignment]
+    """Updates a model version's user-editable fields (description); its stage moves only by PromoteModelVersion."""
     DeleteModelVersion: _aio.UnaryUnaryMultiCallable[_models_pb2.DeleteModelVersionRequest, _models_pb2.DeleteModelVersionResponse]  # type: ignore[assignment]
     """Deletes a model version with its links."""
     PromoteModelVersion: _aio.UnaryUnaryMultiCallable[_models_pb2.PromoteModelVersionRequest, _models_pb2.PromoteModelVersionResponse]  # type: ignore[assignment]
@@ -160,6 +164,14 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ListModelVersionsResponse, _abc.Awaitable[_models_pb2.ListModelVersionsResponse]]:
         """Lists the versions of a model the caller may read, newest first by default."""
+
+    @_abc_1.abstractmethod
+    def UpdateModelVersion(
+        self,
+        request: _models_pb2.UpdateModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.ModelVersion, _abc.Awaitable[_models_pb2.ModelVersion]]:
+        """Updates a model version's user-editable fields (description); its stage moves only by PromoteModelVersion."""
 
     @_abc_1.abstractmethod
     def DeleteModelVersion(

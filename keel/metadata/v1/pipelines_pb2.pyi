@@ -380,7 +380,7 @@ class ListPipelinesRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name and create_time."""
+    """AIP-160 filter over name, create_time and tags (`tags:"x"`: has the tag x; `tags:*`: has any)."""
     order_by: _builtins.str
     """Ordering: "create_time" or "name", optionally with " desc" (default "create_time desc")."""
     def __init__(
@@ -599,7 +599,7 @@ class ListSnapshotsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over stack_id and create_time."""
+    """AIP-160 filter over stack_id, create_time and tags (`tags:"x"`: has the tag x; `tags:*`: has any)."""
     order_by: _builtins.str
     """Ordering: "create_time", optionally with " desc" (default "create_time desc")."""
     def __init__(

@@ -148,7 +148,7 @@ class ListProjectsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name, display_name and create_time."""
+    """AIP-160 filter over name, display_name, create_time and tags (`tags:"x"`: has the tag x; `tags:*`: has any)."""
     order_by: _builtins.str
     """Ordering: "create_time" or "name", optionally with " desc"."""
     def __init__(

@@ -13,6 +13,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from keel.metadata.v1 import artifacts_pb2 as _artifacts_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -506,7 +507,10 @@ class ListRunsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over status, pipeline_id, snapshot_id, trigger, create_time, start_time, end_time."""
+    """AIP-160 filter over status, pipeline_id, snapshot_id, trigger, create_time, start_time, end_time,
+    tags (`tags:"x"`, `tags:*`) and run metadata (`metadata.KEY:*`, `metadata.KEY = "v"`,
+    numbers with = != < <= > >=, e.g. `metadata.accuracy >= 0.9`; see ListModelVersions).
+    """
     order_by: _builtins.str
     """Ordering: "create_time" or "start_time", optionally with " desc" (default "create_time desc")."""
     def __init__(
@@ -638,7 +642,9 @@ class ListStepRunsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name and status."""
+    """AIP-160 filter over name, status, tags (`tags:"x"`, `tags:*`) and run metadata (`metadata.KEY:*`, `metadata.KEY = "v"`,
+    numbers with = != < <= > >=, e.g. `metadata.accuracy >= 0.9`; see ListModelVersions).
+    """
     def __init__(
         self,
         *,
@@ -1087,3 +1093,253 @@ class RunEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class RunCallback(_message.Message):
+    """One callback of a RecordRunCallbacks batch: what the single callback RPC of the same name carries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RunStatus(_message.Message):
+        """A run status report (as UpdateRunStatus)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STATUS_FIELD_NUMBER: _builtins.int
+        STATUS_REASON_FIELD_NUMBER: _builtins.int
+        ORCHESTRATOR_RUN_ID_FIELD_NUMBER: _builtins.int
+        status: Global___Run.Status.ValueType
+        """The status the orchestrator reports."""
+        status_reason: _builtins.str
+        """Why (at most 1,000 characters)."""
+        orchestrator_run_id: _builtins.str
+        """The orchestrator's id of the run, kept when first reported (at most 256 characters)."""
+        def __init__(
+            self,
+            *,
+            status: Global___Run.Status.ValueType = ...,
+            status_reason: _builtins.str = ...,
+            orchestrator_run_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["orchestrator_run_id", b"orchestrator_run_id", "status", b"status", "status_reason", b"status_reason"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class StepStatus(_message.Message):
+        """A step status report (as UpdateStepStatus)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STEP_NAME_FIELD_NUMBER: _builtins.int
+        STATUS_FIELD_NUMBER: _builtins.int
+        STATUS_REASON_FIELD_NUMBER: _builtins.int
+        CACHE_KEY_FIELD_NUMBER: _builtins.int
+        step_name: _builtins.str
+        """Name of the step in the snapshot."""
+        status: Global___StepRun.Status.ValueType
+        """The status the orchestrator reports."""
+        status_reason: _builtins.str
+        """Why (at most 1,000 characters)."""
+        cache_key: _builtins.str
+        """The step's cache key, if computed (at most 256 characters)."""
+        def __init__(
+            self,
+            *,
+            step_name: _builtins.str = ...,
+            status: Global___StepRun.Status.ValueType = ...,
+            status_reason: _builtins.str = ...,
+            cache_key: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_key", b"cache_key", "status", b"status", "status_reason", b"status_reason", "step_name", b"step_name"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class StepHeartbeat(_message.Message):
+        """A step heartbeat (as SendStepHeartbeat)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STEP_NAME_FIELD_NUMBER: _builtins.int
+        step_name: _builtins.str
+        """Name of the step in the snapshot."""
+        def __init__(
+            self,
+            *,
+            step_name: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["step_name", b"step_name"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class StepOutputs(_message.Message):
+        """Artifact versions a step produced (as RecordStepOutputs)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STEP_NAME_FIELD_NUMBER: _builtins.int
+        OUTPUTS_FIELD_NUMBER: _builtins.int
+        step_name: _builtins.str
+        """Name of the step in the snapshot."""
+        @_builtins.property
+        def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_artifacts_pb2.StepOutput]:
+            """The outputs (1 to 100), each a new version of its artifact (created when missing)."""
+
+        def __init__(
+            self,
+            *,
+            step_name: _builtins.str = ...,
+            outputs: _abc.Iterable[_artifacts_pb2.StepOutput] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs", "step_name", b"step_name"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_STATUS_FIELD_NUMBER: _builtins.int
+    STEP_STATUS_FIELD_NUMBER: _builtins.int
+    STEP_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    STEP_OUTPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run_status(self) -> Global___RunCallback.RunStatus:
+        """A run status report."""
+
+    @_builtins.property
+    def step_status(self) -> Global___RunCallback.StepStatus:
+        """A step status report."""
+
+    @_builtins.property
+    def step_heartbeat(self) -> Global___RunCallback.StepHeartbeat:
+        """A step heartbeat."""
+
+    @_builtins.property
+    def step_outputs(self) -> Global___RunCallback.StepOutputs:
+        """Step outputs."""
+
+    def __init__(
+        self,
+        *,
+        run_status: Global___RunCallback.RunStatus | None = ...,
+        step_status: Global___RunCallback.StepStatus | None = ...,
+        step_heartbeat: Global___RunCallback.StepHeartbeat | None = ...,
+        step_outputs: Global___RunCallback.StepOutputs | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "run_status", b"run_status", "step_heartbeat", b"step_heartbeat", "step_outputs", b"step_outputs", "step_status", b"step_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "run_status", b"run_status", "step_heartbeat", b"step_heartbeat", "step_outputs", b"step_outputs", "step_status", b"step_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_callback: _TypeAlias = _typing.Literal["run_status", "step_status", "step_heartbeat", "step_outputs"]  # noqa: Y015
+    _WhichOneofArgType_callback: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_callback) -> _WhichOneofReturnType_callback | None: ...
+
+Global___RunCallback: _TypeAlias = RunCallback  # noqa: Y015
+
+@_typing.final
+class RecordRunCallbacksRequest(_message.Message):
+    """Request of RecordRunCallbacks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    CALLBACKS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Workspace served by this server."""
+    project_id: _builtins.str
+    """Project of the run."""
+    run_id: _builtins.str
+    """The run the callbacks are about."""
+    request_id: _builtins.str
+    """Idempotency key of the whole batch: a retry with the same key returns the first answer."""
+    @_builtins.property
+    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunCallback]:
+        """The callbacks, applied in this order (1 to 1,000)."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        callbacks: _abc.Iterable[Global___RunCallback] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "project_id", b"project_id", "request_id", b"request_id", "run_id", b"run_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRunCallbacksRequest: _TypeAlias = RecordRunCallbacksRequest  # noqa: Y015
+
+@_typing.final
+class RunCallbackResult(_message.Message):
+    """What one callback of a batch did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSIONS_FIELD_NUMBER: _builtins.int
+    applied: _builtins.bool
+    """Whether it changed anything (false: a late or regressive status, a heartbeat of a step not
+    RUNNING, outputs already recorded with the same versions).
+    """
+    @_builtins.property
+    def artifact_versions(self) -> _containers.RepeatedCompositeFieldContainer[_artifacts_pb2.ArtifactVersion]:
+        """For step outputs: the versions, in the order of the callback's outputs."""
+
+    def __init__(
+        self,
+        *,
+        applied: _builtins.bool = ...,
+        artifact_versions: _abc.Iterable[_artifacts_pb2.ArtifactVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "artifact_versions", b"artifact_versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCallbackResult: _TypeAlias = RunCallbackResult  # noqa: Y015
+
+@_typing.final
+class RecordRunCallbacksResponse(_message.Message):
+    """Response of RecordRunCallbacks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunCallbackResult]:
+        """One result per callback, in the request's order."""
+
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run after the batch."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RunCallbackResult] | None = ...,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRunCallbacksResponse: _TypeAlias = RecordRunCallbacksResponse  # noqa: Y015

@@ -85,6 +85,11 @@ class RunServiceStub:
                 request_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatRequest.SerializeToString,
                 response_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatResponse.FromString,
                 _registered_method=True)
+        self.RecordRunCallbacks = channel.unary_unary(
+                '/keel.metadata.v1.RunService/RecordRunCallbacks',
+                request_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RecordRunCallbacksRequest.SerializeToString,
+                response_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RecordRunCallbacksResponse.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/keel.metadata.v1.RunService/WatchRun',
                 request_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.WatchRunRequest.SerializeToString,
@@ -171,6 +176,16 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordRunCallbacks(self, request, context):
+        """Orchestrator callback in bulk: applies up to 1,000 callbacks of one run (run and step status
+        reports, step heartbeats, step outputs) in order, in one transaction, as the single calls would
+        one after the other. Idempotent on request_id: a retry returns the first answer and changes
+        nothing. Outputs also need artifact_version.create (and artifact.create for a new artifact).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRun(self, request, context):
         """Streams every status change of a run and its steps after a cursor, in commit order, then
         follows live (a HEARTBEAT event every 15 s while nothing changes). Served as SSE by the gateway.
@@ -239,6 +254,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.SendStepHeartbeat,
                     request_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatRequest.FromString,
                     response_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatResponse.SerializeToString,
+            ),
+            'RecordRunCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRunCallbacks,
+                    request_deserializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RecordRunCallbacksRequest.FromString,
+                    response_serializer=keel_dot_metadata_dot_v1_dot_runs__pb2.RecordRunCallbacksResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -522,6 +542,33 @@ class RunService:
             '/keel.metadata.v1.RunService/SendStepHeartbeat',
             keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatRequest.SerializeToString,
             keel_dot_metadata_dot_v1_dot_runs__pb2.SendStepHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRunCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.metadata.v1.RunService/RecordRunCallbacks',
+            keel_dot_metadata_dot_v1_dot_runs__pb2.RecordRunCallbacksRequest.SerializeToString,
+            keel_dot_metadata_dot_v1_dot_runs__pb2.RecordRunCallbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,12 @@ class RunServiceStub:
     """Orchestrator callback: moves a step run forward (idempotent); the run follows when every step is terminal."""
     SendStepHeartbeat: _grpc.UnaryUnaryMultiCallable[_runs_pb2.SendStepHeartbeatRequest, _runs_pb2.SendStepHeartbeatResponse]
     """Orchestrator callback: a RUNNING step is alive; one without heartbeats past its timeout is marked FAILED."""
+    RecordRunCallbacks: _grpc.UnaryUnaryMultiCallable[_runs_pb2.RecordRunCallbacksRequest, _runs_pb2.RecordRunCallbacksResponse]
+    """Orchestrator callback in bulk: applies up to 1,000 callbacks of one run (run and step status
+    reports, step heartbeats, step outputs) in order, in one transaction, as the single calls would
+    one after the other. Idempotent on request_id: a retry returns the first answer and changes
+    nothing. Outputs also need artifact_version.create (and artifact.create for a new artifact).
+    """
     WatchRun: _grpc.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.RunEvent]
     """Streams every status change of a run and its steps after a cursor, in commit order, then
     follows live (a HEARTBEAT event every 15 s while nothing changes). Served as SSE by the gateway.
@@ -90,6 +96,12 @@ class RunServiceAsyncStub(RunServiceStub):
     """Orchestrator callback: moves a step run forward (idempotent); the run follows when every step is terminal."""
     SendStepHeartbeat: _aio.UnaryUnaryMultiCallable[_runs_pb2.SendStepHeartbeatRequest, _runs_pb2.SendStepHeartbeatResponse]  # type: ignore[assignment]
     """Orchestrator callback: a RUNNING step is alive; one without heartbeats past its timeout is marked FAILED."""
+    RecordRunCallbacks: _aio.UnaryUnaryMultiCallable[_runs_pb2.RecordRunCallbacksRequest, _runs_pb2.RecordRunCallbacksResponse]  # type: ignore[assignment]
+    """Orchestrator callback in bulk: applies up to 1,000 callbacks of one run (run and step status
+    reports, step heartbeats, step outputs) in order, in one transaction, as the single calls would
+    one after the other. Idempotent on request_id: a retry returns the first answer and changes
+    nothing. Outputs also need artifact_version.create (and artifact.create for a new artifact).
+    """
     WatchRun: _aio.UnaryStreamMultiCallable[_runs_pb2.WatchRunRequest, _runs_pb2.RunEvent]  # type: ignore[assignment]
     """Streams every status change of a run and its steps after a cursor, in commit order, then
     follows live (a HEARTBEAT event every 15 s while nothing changes). Served as SSE by the gateway.
@@ -181,6 +193,18 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runs_pb2.SendStepHeartbeatResponse, _abc.Awaitable[_runs_pb2.SendStepHeartbeatResponse]]:
         """Orchestrator callback: a RUNNING step is alive; one without heartbeats past its timeout is marked FAILED."""
+
+    @_abc_1.abstractmethod
+    def RecordRunCallbacks(
+        self,
+        request: _runs_pb2.RecordRunCallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runs_pb2.RecordRunCallbacksResponse, _abc.Awaitable[_runs_pb2.RecordRunCallbacksResponse]]:
+        """Orchestrator callback in bulk: applies up to 1,000 callbacks of one run (run and step status
+        reports, step heartbeats, step outputs) in order, in one transaction, as the single calls would
+        one after the other. Idempotent on request_id: a retry returns the first answer and changes
+        nothing. Outputs also need artifact_version.create (and artifact.create for a new artifact).
+        """
 
     @_abc_1.abstractmethod
     def WatchRun(

@@ -259,7 +259,7 @@ class RoleBinding(_message.Message):
     level: Global___ScopeLevel.ValueType
     """Level of the scope, derived from the most specific field set."""
     revision: _builtins.int
-    """RBAC revision at which the binding was written."""
+    """RBAC revision at which the binding was written (an ownership moves none: the current one)."""
     @_builtins.property
     def subject(self) -> Global___Subject:
         """Who holds the role."""
@@ -340,19 +340,30 @@ class CheckResponse(_message.Message):
 
     ALLOWED_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    SCOPE_WIDE_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """Whether the permission is held."""
     revision: _builtins.int
     """The RBAC revision the answer was evaluated at."""
+    scope_wide: _builtins.bool
+    """True when the allow comes from a binding at the organization, workspace or project level of
+    the resource's chain (not from a share or ownership of the resource itself): the subject then
+    holds the permission on every resource of that type in that scope, so a caller may reuse the
+    answer for other resource ids under the same ancestors (within its cache bound). A level
+    named by the resource itself (workspace W with workspace_id W, project P with project_id P)
+    is the resource's own, not scope-wide. Always false when not allowed; for a scope or
+    collection (no resource_id) every allow is scope-wide.
+    """
     def __init__(
         self,
         *,
         allowed: _builtins.bool = ...,
         revision: _builtins.int = ...,
+        scope_wide: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "revision", b"revision", "scope_wide", b"scope_wide"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -507,10 +518,15 @@ class LookupResourcesResponse(_message.Message):
     PROJECT_IDS_FIELD_NUMBER: _builtins.int
     RESOURCE_IDS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    RESOURCE_IDS_TRUNCATED_FIELD_NUMBER: _builtins.int
     all: _builtins.bool
     """The subject holds the permission on every resource of the type in the scope."""
     revision: _builtins.int
     """The RBAC revision the answer was evaluated at."""
+    resource_ids_truncated: _builtins.bool
+    """True when the subject owns more resources in the scope than the bound: resource_ids holds only
+    the first 10,000 owned ones. Ask again with a narrower scope (a project) for the rest.
+    """
     @_builtins.property
     def workspace_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Workspaces inside the scope where the subject holds it on every resource of the type."""
@@ -521,7 +537,10 @@ class LookupResourcesResponse(_message.Message):
 
     @_builtins.property
     def resource_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Single resources (shares, ownership) the subject holds it on."""
+        """Single resources (shares, ownership) the subject holds it on. Owned ids are bounded: at most
+        10,000 of them, the first in (workspace, project, id) order, and none already covered by
+        workspace_ids or project_ids.
+        """
 
     def __init__(
         self,
@@ -531,10 +550,11 @@ class LookupResourcesResponse(_message.Message):
         project_ids: _abc.Iterable[_builtins.str] | None = ...,
         resource_ids: _abc.Iterable[_builtins.str] | None = ...,
         revision: _builtins.int = ...,
+        resource_ids_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "project_ids", b"project_ids", "resource_ids", b"resource_ids", "revision", b"revision", "workspace_ids", b"workspace_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "project_ids", b"project_ids", "resource_ids", b"resource_ids", "resource_ids_truncated", b"resource_ids_truncated", "revision", b"revision", "workspace_ids", b"workspace_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,6 +651,70 @@ class RecordOwnershipRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordOwnershipRequest: _TypeAlias = RecordOwnershipRequest  # noqa: Y015
+
+@_typing.final
+class BatchRecordOwnershipRequest(_message.Message):
+    """Request of BatchRecordOwnership."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Organization every resource lives in."""
+    @_builtins.property
+    def owner(self) -> Global___Subject:
+        """The creator (USER or SERVICE_ACCOUNT), owner of every resource."""
+
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceRef]:
+        """The created resources, at most 1,000; each needs resource_type and resource_id, and its
+        organization_id must be empty or the request's.
+        """
+
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        owner: Global___Subject | None = ...,
+        resources: _abc.Iterable[Global___ResourceRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "owner", b"owner", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordOwnershipRequest: _TypeAlias = BatchRecordOwnershipRequest  # noqa: Y015
+
+@_typing.final
+class BatchRecordOwnershipResponse(_message.Message):
+    """Response of BatchRecordOwnership."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNERSHIPS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The current RBAC revision (recording ownership moves none)."""
+    @_builtins.property
+    def ownerships(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleBinding]:
+        """The ownership of each resource, in request order (RoleBinding-shaped, role "owner")."""
+
+    def __init__(
+        self,
+        *,
+        ownerships: _abc.Iterable[Global___RoleBinding] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ownerships", b"ownerships", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordOwnershipResponse: _TypeAlias = BatchRecordOwnershipResponse  # noqa: Y015
 
 @_typing.final
 class CreateRoleRequest(_message.Message):
@@ -1128,19 +1212,23 @@ class ForgetResourceResponse(_message.Message):
 
     DELETED_BINDINGS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    DELETED_OWNERSHIPS_FIELD_NUMBER: _builtins.int
     deleted_bindings: _builtins.int
-    """How many bindings (shares, ownership) were removed."""
+    """How many role bindings (shares; for a workspace or project, bindings inside it) were removed."""
     revision: _builtins.int
-    """The RBAC revision of the write."""
+    """The RBAC revision after the write (unchanged when only ownerships were removed)."""
+    deleted_ownerships: _builtins.int
+    """How many ownerships were removed (the resource's; for a workspace or project, those inside it)."""
     def __init__(
         self,
         *,
         deleted_bindings: _builtins.int = ...,
         revision: _builtins.int = ...,
+        deleted_ownerships: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_bindings", b"deleted_bindings", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_bindings", b"deleted_bindings", "deleted_ownerships", b"deleted_ownerships", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1183,22 +1271,26 @@ class PurgeSubjectResponse(_message.Message):
     DELETED_BINDINGS_FIELD_NUMBER: _builtins.int
     DELETED_MEMBERSHIPS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    DELETED_OWNERSHIPS_FIELD_NUMBER: _builtins.int
     deleted_bindings: _builtins.int
     """How many bindings were removed."""
     deleted_memberships: _builtins.int
     """How many team memberships were removed."""
     revision: _builtins.int
     """The RBAC revision of the write."""
+    deleted_ownerships: _builtins.int
+    """How many ownerships of the subject were removed."""
     def __init__(
         self,
         *,
         deleted_bindings: _builtins.int = ...,
         deleted_memberships: _builtins.int = ...,
         revision: _builtins.int = ...,
+        deleted_ownerships: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_bindings", b"deleted_bindings", "deleted_memberships", b"deleted_memberships", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_bindings", b"deleted_bindings", "deleted_memberships", b"deleted_memberships", "deleted_ownerships", b"deleted_ownerships", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1270,6 +1362,7 @@ class PurgeOrganizationResponse(_message.Message):
     DELETED_ROLES_FIELD_NUMBER: _builtins.int
     DELETED_MEMBERSHIPS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    DELETED_OWNERSHIPS_FIELD_NUMBER: _builtins.int
     deleted_bindings: _builtins.int
     """How many bindings were removed."""
     deleted_roles: _builtins.int
@@ -1278,6 +1371,8 @@ class PurgeOrganizationResponse(_message.Message):
     """How many team memberships were removed."""
     revision: _builtins.int
     """The RBAC revision of the write."""
+    deleted_ownerships: _builtins.int
+    """How many ownerships were removed."""
     def __init__(
         self,
         *,
@@ -1285,10 +1380,11 @@ class PurgeOrganizationResponse(_message.Message):
         deleted_roles: _builtins.int = ...,
         deleted_memberships: _builtins.int = ...,
         revision: _builtins.int = ...,
+        deleted_ownerships: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_bindings", b"deleted_bindings", "deleted_memberships", b"deleted_memberships", "deleted_roles", b"deleted_roles", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_bindings", b"deleted_bindings", "deleted_memberships", b"deleted_memberships", "deleted_ownerships", b"deleted_ownerships", "deleted_roles", b"deleted_roles", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

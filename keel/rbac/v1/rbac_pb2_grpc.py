@@ -61,6 +61,11 @@ class PermissionServiceStub:
                 request_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.RecordOwnershipRequest.SerializeToString,
                 response_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.RoleBinding.FromString,
                 _registered_method=True)
+        self.BatchRecordOwnership = channel.unary_unary(
+                '/keel.rbac.v1.PermissionService/BatchRecordOwnership',
+                request_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.BatchRecordOwnershipRequest.SerializeToString,
+                response_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.BatchRecordOwnershipResponse.FromString,
+                _registered_method=True)
         self.ShareResource = channel.unary_unary(
                 '/keel.rbac.v1.PermissionService/ShareResource',
                 request_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.ShareResourceRequest.SerializeToString,
@@ -108,6 +113,16 @@ class PermissionServiceServicer:
 
     def RecordOwnership(self, request, context):
         """Records the creator of a resource as its owner; called by the owning service on create.
+        Ownership is a relation of its own (not a role binding): recording it moves no revision,
+        and it is effective at once on every replica. The answer is RoleBinding-shaped (role "owner").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecordOwnership(self, request, context):
+        """Records one owner of up to 1,000 resources of one organization in one transaction
+        (AIP-233): all or nothing, each resource idempotent as in RecordOwnership.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,7 +138,7 @@ class PermissionServiceServicer:
 
     def ForgetResource(self, request, context):
         """Removes every share and ownership of a deleted resource (and, for a workspace or project,
-        every binding scoped inside it); the caller must hold delete on it.
+        every binding and ownership scoped inside it); the caller must hold delete on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +171,11 @@ def add_PermissionServiceServicer_to_server(servicer, server):
                     servicer.RecordOwnership,
                     request_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.RecordOwnershipRequest.FromString,
                     response_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.RoleBinding.SerializeToString,
+            ),
+            'BatchRecordOwnership': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecordOwnership,
+                    request_deserializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.BatchRecordOwnershipRequest.FromString,
+                    response_serializer=keel_dot_rbac_dot_v1_dot_rbac__pb2.BatchRecordOwnershipResponse.SerializeToString,
             ),
             'ShareResource': grpc.unary_unary_rpc_method_handler(
                     servicer.ShareResource,
@@ -305,6 +325,33 @@ class PermissionService:
             '/keel.rbac.v1.PermissionService/RecordOwnership',
             keel_dot_rbac_dot_v1_dot_rbac__pb2.RecordOwnershipRequest.SerializeToString,
             keel_dot_rbac_dot_v1_dot_rbac__pb2.RoleBinding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecordOwnership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.rbac.v1.PermissionService/BatchRecordOwnership',
+            keel_dot_rbac_dot_v1_dot_rbac__pb2.BatchRecordOwnershipRequest.SerializeToString,
+            keel_dot_rbac_dot_v1_dot_rbac__pb2.BatchRecordOwnershipResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -699,16 +746,16 @@ class RoleBindingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PurgeSubject(self, request, context):
-        """Removes every binding and team membership of a subject in the organization (member removed,
-        team deleted); the caller must hold every role the subject holds.
+        """Removes every binding, ownership and team membership of a subject in the organization (member
+        removed, team deleted); the caller must hold every role the subject holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PurgeOrganization(self, request, context):
-        """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
-        the last step of deleting the organization.
+        """Removes everything RBAC holds for an organization (custom roles, bindings, ownerships, team
+        memberships): the last step of deleting the organization.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

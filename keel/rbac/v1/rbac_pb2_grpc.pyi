@@ -46,14 +46,21 @@ class PermissionServiceStub:
     ListEffectivePermissions: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.ListEffectivePermissionsRequest, _rbac_pb2.ListEffectivePermissionsResponse]
     """Every permission a subject holds at a scope or resource (what the dashboard shows)."""
     RecordOwnership: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.RecordOwnershipRequest, _rbac_pb2.RoleBinding]
-    """Records the creator of a resource as its owner; called by the owning service on create."""
+    """Records the creator of a resource as its owner; called by the owning service on create.
+    Ownership is a relation of its own (not a role binding): recording it moves no revision,
+    and it is effective at once on every replica. The answer is RoleBinding-shaped (role "owner").
+    """
+    BatchRecordOwnership: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.BatchRecordOwnershipRequest, _rbac_pb2.BatchRecordOwnershipResponse]
+    """Records one owner of up to 1,000 resources of one organization in one transaction
+    (AIP-233): all or nothing, each resource idempotent as in RecordOwnership.
+    """
     ShareResource: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.ShareResourceRequest, _rbac_pb2.RoleBinding]
     """Shares one resource: binds a subject to a role on it. The caller must hold share on the
     resource and every permission the role grants on the resource's type (no escalation).
     """
     ForgetResource: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.ForgetResourceRequest, _rbac_pb2.ForgetResourceResponse]
     """Removes every share and ownership of a deleted resource (and, for a workspace or project,
-    every binding scoped inside it); the caller must hold delete on it.
+    every binding and ownership scoped inside it); the caller must hold delete on it.
     """
 
 @_typing.type_check_only
@@ -72,14 +79,21 @@ class PermissionServiceAsyncStub(PermissionServiceStub):
     ListEffectivePermissions: _aio.UnaryUnaryMultiCallable[_rbac_pb2.ListEffectivePermissionsRequest, _rbac_pb2.ListEffectivePermissionsResponse]  # type: ignore[assignment]
     """Every permission a subject holds at a scope or resource (what the dashboard shows)."""
     RecordOwnership: _aio.UnaryUnaryMultiCallable[_rbac_pb2.RecordOwnershipRequest, _rbac_pb2.RoleBinding]  # type: ignore[assignment]
-    """Records the creator of a resource as its owner; called by the owning service on create."""
+    """Records the creator of a resource as its owner; called by the owning service on create.
+    Ownership is a relation of its own (not a role binding): recording it moves no revision,
+    and it is effective at once on every replica. The answer is RoleBinding-shaped (role "owner").
+    """
+    BatchRecordOwnership: _aio.UnaryUnaryMultiCallable[_rbac_pb2.BatchRecordOwnershipRequest, _rbac_pb2.BatchRecordOwnershipResponse]  # type: ignore[assignment]
+    """Records one owner of up to 1,000 resources of one organization in one transaction
+    (AIP-233): all or nothing, each resource idempotent as in RecordOwnership.
+    """
     ShareResource: _aio.UnaryUnaryMultiCallable[_rbac_pb2.ShareResourceRequest, _rbac_pb2.RoleBinding]  # type: ignore[assignment]
     """Shares one resource: binds a subject to a role on it. The caller must hold share on the
     resource and every permission the role grants on the resource's type (no escalation).
     """
     ForgetResource: _aio.UnaryUnaryMultiCallable[_rbac_pb2.ForgetResourceRequest, _rbac_pb2.ForgetResourceResponse]  # type: ignore[assignment]
     """Removes every share and ownership of a deleted resource (and, for a workspace or project,
-    every binding scoped inside it); the caller must hold delete on it.
+    every binding and ownership scoped inside it); the caller must hold delete on it.
     """
 
 class PermissionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,7 +139,20 @@ class PermissionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rbac_pb2.RecordOwnershipRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rbac_pb2.RoleBinding, _abc.Awaitable[_rbac_pb2.RoleBinding]]:
-        """Records the creator of a resource as its owner; called by the owning service on create."""
+        """Records the creator of a resource as its owner; called by the owning service on create.
+        Ownership is a relation of its own (not a role binding): recording it moves no revision,
+        and it is effective at once on every replica. The answer is RoleBinding-shaped (role "owner").
+        """
+
+    @_abc_1.abstractmethod
+    def BatchRecordOwnership(
+        self,
+        request: _rbac_pb2.BatchRecordOwnershipRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rbac_pb2.BatchRecordOwnershipResponse, _abc.Awaitable[_rbac_pb2.BatchRecordOwnershipResponse]]:
+        """Records one owner of up to 1,000 resources of one organization in one transaction
+        (AIP-233): all or nothing, each resource idempotent as in RecordOwnership.
+        """
 
     @_abc_1.abstractmethod
     def ShareResource(
@@ -144,7 +171,7 @@ class PermissionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rbac_pb2.ForgetResourceResponse, _abc.Awaitable[_rbac_pb2.ForgetResourceResponse]]:
         """Removes every share and ownership of a deleted resource (and, for a workspace or project,
-        every binding scoped inside it); the caller must hold delete on it.
+        every binding and ownership scoped inside it); the caller must hold delete on it.
         """
 
 def add_PermissionServiceServicer_to_server(servicer: PermissionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -248,12 +275,12 @@ class RoleBindingServiceStub:
     the last organization Admin binding of a user cannot be deleted.
     """
     PurgeSubject: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.PurgeSubjectRequest, _rbac_pb2.PurgeSubjectResponse]
-    """Removes every binding and team membership of a subject in the organization (member removed,
-    team deleted); the caller must hold every role the subject holds.
+    """Removes every binding, ownership and team membership of a subject in the organization (member
+    removed, team deleted); the caller must hold every role the subject holds.
     """
     PurgeOrganization: _grpc.UnaryUnaryMultiCallable[_rbac_pb2.PurgeOrganizationRequest, _rbac_pb2.PurgeOrganizationResponse]
-    """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
-    the last step of deleting the organization.
+    """Removes everything RBAC holds for an organization (custom roles, bindings, ownerships, team
+    memberships): the last step of deleting the organization.
     """
 
 @_typing.type_check_only
@@ -274,12 +301,12 @@ class RoleBindingServiceAsyncStub(RoleBindingServiceStub):
     the last organization Admin binding of a user cannot be deleted.
     """
     PurgeSubject: _aio.UnaryUnaryMultiCallable[_rbac_pb2.PurgeSubjectRequest, _rbac_pb2.PurgeSubjectResponse]  # type: ignore[assignment]
-    """Removes every binding and team membership of a subject in the organization (member removed,
-    team deleted); the caller must hold every role the subject holds.
+    """Removes every binding, ownership and team membership of a subject in the organization (member
+    removed, team deleted); the caller must hold every role the subject holds.
     """
     PurgeOrganization: _aio.UnaryUnaryMultiCallable[_rbac_pb2.PurgeOrganizationRequest, _rbac_pb2.PurgeOrganizationResponse]  # type: ignore[assignment]
-    """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
-    the last step of deleting the organization.
+    """Removes everything RBAC holds for an organization (custom roles, bindings, ownerships, team
+    memberships): the last step of deleting the organization.
     """
 
 class RoleBindingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -327,8 +354,8 @@ class RoleBindingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rbac_pb2.PurgeSubjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rbac_pb2.PurgeSubjectResponse, _abc.Awaitable[_rbac_pb2.PurgeSubjectResponse]]:
-        """Removes every binding and team membership of a subject in the organization (member removed,
-        team deleted); the caller must hold every role the subject holds.
+        """Removes every binding, ownership and team membership of a subject in the organization (member
+        removed, team deleted); the caller must hold every role the subject holds.
         """
 
     @_abc_1.abstractmethod
@@ -337,8 +364,8 @@ class RoleBindingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rbac_pb2.PurgeOrganizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rbac_pb2.PurgeOrganizationResponse, _abc.Awaitable[_rbac_pb2.PurgeOrganizationResponse]]:
-        """Removes everything RBAC holds for an organization (custom roles, bindings, team memberships):
-        the last step of deleting the organization.
+        """Removes everything RBAC holds for an organization (custom roles, bindings, ownerships, team
+        memberships): the last step of deleting the organization.
         """
 
 def add_RoleBindingServiceServicer_to_server(servicer: RoleBindingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

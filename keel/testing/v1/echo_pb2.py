@@ -23,17 +23,30 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 from keel.authz.v1 import authz_pb2 as keel_dot_authz_dot_v1_dot_authz__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akeel/testing/v1/echo.proto\x12\x0fkeel.testing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x19keel/authz/v1/authz.proto\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"\\\n\x0eWhoAmIResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"N\n\x0fGetThingRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x10\n\x08thing_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"D\n\x05Thing\x12\x10\n\x08thing_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"\xef\x02\n\x0b\x46\x61ilRequest\x12\x35\n\x05\x65rror\x18\x01 \x01(\x0e\x32&.keel.testing.v1.FailRequest.ErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\x01\"\xeb\x01\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x03\x12\x17\n\x13\x46\x41ILED_PRECONDITION\x10\x04\x12\x0b\n\x07\x41\x42ORTED\x10\x05\x12\x13\n\x0fUNAUTHENTICATED\x10\x06\x12\x15\n\x11PERMISSION_DENIED\x10\x07\x12\x16\n\x12RESOURCE_EXHAUSTED\x10\x08\x12\x0f\n\x0bUNAVAILABLE\x10\t\x12\x0e\n\nUNEXPECTED\x10\n\"\x0e\n\x0c\x46\x61ilResponse\":\n\x0bWaitRequest\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0cWaitResponse\x12\x11\n\tcompleted\x18\x01 \x01(\x08\x32\xdd\x05\n\x0b\x45\x63hoService\x12\x9b\x01\n\x04\x45\x63ho\x12\x1c.keel.testing.v1.EchoRequest\x1a\x1d.keel.testing.v1.EchoResponse\"V\xc2\xf3\x18?\n=\n;test service: measures the call path without authentication\x82\xd3\xe4\x93\x02\r\"\x08/v1/echo:\x01*\x12\x63\n\x06WhoAmI\x12\x1e.keel.testing.v1.WhoAmIRequest\x1a\x1f.keel.testing.v1.WhoAmIResponse\"\x18\xc2\xf3\x18\x02\x12\x00\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/whoami\x12\xbb\x01\n\x08GetThing\x12 .keel.testing.v1.GetThingRequest\x1a\x16.keel.testing.v1.Thing\"u\xc2\xf3\x18\x34\x1a\x32\n\x05thing\x12\x04read\x1a\x08thing_id\"\x0forganization_id*\x08owner_id\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/organizations/{organization_id}/things/{thing_id}\x12\x80\x01\n\x04\x46\x61il\x12\x1c.keel.testing.v1.FailRequest\x1a\x1d.keel.testing.v1.FailResponse\";\xc2\xf3\x18\x1f\n\x1d\n\x1btest service: error mapping\x82\xd3\xe4\x93\x02\x12\"\r/v1/echo:fail:\x01*\x12\x89\x01\n\x04Wait\x12\x1c.keel.testing.v1.WaitRequest\x1a\x1d.keel.testing.v1.WaitResponse\"D\xc2\xf3\x18(\n&\n$test service: deadlines and draining\x82\xd3\xe4\x93\x02\x12\"\r/v1/echo:wait:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akeel/testing/v1/echo.proto\x12\x0fkeel.testing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x19keel/authz/v1/authz.proto\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"\\\n\x0eWhoAmIResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"N\n\x0fGetThingRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x10\n\x08thing_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"D\n\x05Thing\x12\x10\n\x08thing_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"\xc9\x03\n\x0b\x46\x61ilRequest\x12\x35\n\x05\x65rror\x18\x01 \x01(\x0e\x32&.keel.testing.v1.FailRequest.ErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x04 \x01(\x01\"\xc5\x02\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INVALID_ARGUMENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x03\x12\x17\n\x13\x46\x41ILED_PRECONDITION\x10\x04\x12\x0b\n\x07\x41\x42ORTED\x10\x05\x12\x13\n\x0fUNAUTHENTICATED\x10\x06\x12\x15\n\x11PERMISSION_DENIED\x10\x07\x12\x16\n\x12RESOURCE_EXHAUSTED\x10\x08\x12\x0f\n\x0bUNAVAILABLE\x10\t\x12\x0e\n\nUNEXPECTED\x10\n\x12\x10\n\x0cOUT_OF_RANGE\x10\x0b\x12\x11\n\rUNIMPLEMENTED\x10\x0c\x12\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\r\x12\r\n\tCANCELLED\x10\x0e\x12\r\n\tDATA_LOSS\x10\x0f\"\x0e\n\x0c\x46\x61ilResponse\":\n\x0bWaitRequest\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0cWaitResponse\x12\x11\n\tcompleted\x18\x01 \x01(\x08\"\xc0\x06\n\x05Probe\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x05inner\x18\x02 \x01(\x0b\x32\x1c.keel.testing.v1.Probe.Inner\x12\x13\n\x0bint32_value\x18\x03 \x01(\x05\x12\x13\n\x0bint64_value\x18\x04 \x01(\x03\x12\x14\n\x0cuint64_value\x18\x05 \x01(\x04\x12\x14\n\x0c\x64ouble_value\x18\x06 \x01(\x01\x12\x13\n\x0b\x66loat_value\x18\x07 \x01(\x02\x12\x12\n\nbool_value\x18\x08 \x01(\x08\x12\x13\n\x0b\x62ytes_value\x18\t \x01(\x0c\x12+\n\x05\x63olor\x18\n \x01(\x0e\x32\x1c.keel.testing.v1.Probe.Color\x12\x0c\n\x04tags\x18\x0b \x03(\t\x12\x0f\n\x07numbers\x18\x0c \x03(\x03\x12,\n\x06\x63olors\x18\r \x03(\x0e\x32\x1c.keel.testing.v1.Probe.Color\x12(\n\x04time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04mask\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x32\n\rwrapped_count\x18\x11 \x01(\x0b\x32\x1b.google.protobuf.Int64Value\x12\x32\n\x06labels\x18\x12 \x03(\x0b\x32\".keel.testing.v1.Probe.LabelsEntry\x12+\n\nattributes\x18\x13 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04\x65tag\x18\x14 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x1a\x32\n\x05Inner\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06labels\x18\x03 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x05\x43olor\x12\x15\n\x11\x43OLOR_UNSPECIFIED\x10\x00\x12\x07\n\x03RED\x10\x01\x12\t\n\x05GREEN\x10\x02\"\xe8\x01\n\x11ListProbesRequest\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12-\n\tread_mask\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07\x65xample\x18\x07 \x01(\x0b\x32\x16.keel.testing.v1.Probe\"U\n\x12ListProbesResponse\x12&\n\x06probes\x18\x01 \x03(\x0b\x32\x16.keel.testing.v1.Probe\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x0fGetProbeRequest\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12\x10\n\x08probe_id\x18\x02 \x01(\t\"h\n\x12\x43reateProbeRequest\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12+\n\x05probe\x18\x02 \x01(\x0b\x32\x16.keel.testing.v1.ProbeB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"J\n\x13\x43reateProbeResponse\x12%\n\x05probe\x18\x01 \x01(\x0b\x32\x16.keel.testing.v1.Probe\x12\x0c\n\x04note\x18\x02 \x01(\t\"r\n\x12UpdateProbeRequest\x12+\n\x05probe\x18\x01 \x01(\x0b\x32\x16.keel.testing.v1.ProbeB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"4\n\x12\x44\x65leteProbeRequest\x12\x10\n\x08probe_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteProbeResponse\"\xa8\x01\n\x11TouchProbeRequest\x12\x10\n\x08probe_id\x18\x01 \x01(\t\x12+\n\x05inner\x18\x02 \x01(\x0b\x32\x1c.keel.testing.v1.Probe.Inner\x12(\n\x05\x64\x65lay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x04note\x18\x04 \x01(\x0b\x32\x1c.google.protobuf.StringValue\"5\n\x13GetProbeFileRequest\x12\x10\n\x08probe_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"+\n\tProbeFile\x12\x10\n\x08probe_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t2\xdd\x05\n\x0b\x45\x63hoService\x12\x9b\x01\n\x04\x45\x63ho\x12\x1c.keel.testing.v1.EchoRequest\x1a\x1d.keel.testing.v1.EchoResponse\"V\xc2\xf3\x18?\n=\n;test service: measures the call path without authentication\x82\xd3\xe4\x93\x02\r\"\x08/v1/echo:\x01*\x12\x63\n\x06WhoAmI\x12\x1e.keel.testing.v1.WhoAmIRequest\x1a\x1f.keel.testing.v1.WhoAmIResponse\"\x18\xc2\xf3\x18\x02\x12\x00\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/whoami\x12\xbb\x01\n\x08GetThing\x12 .keel.testing.v1.GetThingRequest\x1a\x16.keel.testing.v1.Thing\"u\xc2\xf3\x18\x34\x1a\x32\n\x05thing\x12\x04read\x1a\x08thing_id\"\x0forganization_id*\x08owner_id\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/organizations/{organization_id}/things/{thing_id}\x12\x80\x01\n\x04\x46\x61il\x12\x1c.keel.testing.v1.FailRequest\x1a\x1d.keel.testing.v1.FailResponse\";\xc2\xf3\x18\x1f\n\x1d\n\x1btest service: error mapping\x82\xd3\xe4\x93\x02\x12\"\r/v1/echo:fail:\x01*\x12\x89\x01\n\x04Wait\x12\x1c.keel.testing.v1.WaitRequest\x1a\x1d.keel.testing.v1.WaitResponse\"D\xc2\xf3\x18(\n&\n$test service: deadlines and draining\x82\xd3\xe4\x93\x02\x12\"\r/v1/echo:wait:\x01*2\x8f\n\n\x0cProbeService\x12\xd0\x01\n\nListProbes\x12\".keel.testing.v1.ListProbesRequest\x1a#.keel.testing.v1.ListProbesResponse\"y\xc2\xf3\x18\x1d\n\x1b\n\x19test service: transcoding\x82\xd3\xe4\x93\x02R\x12 /v1/probeSets/{parent_id}/probesZ.\x12,/v1/{parent_id=folders/*/probeSets/*}/probes\x12\xb3\x01\n\x08GetProbe\x12 .keel.testing.v1.GetProbeRequest\x1a\x16.keel.testing.v1.Probe\"m\xc2\xf3\x18\x1d\n\x1b\n\x19test service: transcoding\x82\xd3\xe4\x93\x02\x46\x12\x15/v1/probes/{probe_id}Z-\x12+/v1/probeSets/{parent_id}/probes/{probe_id}\x12\xb1\x01\n\x0b\x43reateProbe\x12#.keel.testing.v1.CreateProbeRequest\x1a$.keel.testing.v1.CreateProbeResponse\"W\xc2\xf3\x18\x1d\n\x1b\n\x19test service: transcoding\x82\xd3\xe4\x93\x02\x30\" /v1/probeSets/{parent_id}/probes:\x05probeb\x05probe\x12\xb1\x01\n\x0bUpdateProbe\x12#.keel.testing.v1.UpdateProbeRequest\x1a\x16.keel.testing.v1.Probe\"e\xc2\xf3\x18\x1d\n\x1b\n\x19test service: transcoding\x82\xd3\xe4\x93\x02>2\x15/v1/probes/{probe.id}:\x05probeZ\x1e\x1a\x15/v1/probes/{probe.id}:\x05probe\x12\x98\x01\n\x0b\x44\x65leteProbe\x12#.keel.testing.v1.DeleteProbeRequest\x1a$.keel.testing.v1.DeleteProbeResponse\">\xc2\xf3\x18\x1d\n\x1b\n\x19test service: transcoding\x82\xd3\xe4\x93\x02\x17*\x15/v1/probes/{probe_id}\x12\x91\x01\n\nTouchProbe\x12\".keel.testing.v1.TouchProbeRequest\x1a\x16.keel.testing.v1.Probe\"G\xc2\xf3\x18\x1d\n\x1b\n\x19test service: transcoding\x82\xd3\xe4\x93\x02 \"\x1b/v1/probes/{probe_id}:touch:\x01*\x12\xde\x01\n\x0cGetProbeFile\x12$.keel.testing.v1.GetProbeFileRequest\x1a\x1a.keel.testing.v1.ProbeFile\"\x8b\x01\xc2\xf3\x18\x1d\n\x1b\n\x19test service: transcoding\x82\xd3\xe4\x93\x02\x64\x12%/v1/probes/{probe_id}/files/{path=**}Z;\x12\x39/v1/archives/*/probes/{probe_id}/files/{path=**}:downloadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keel.testing.v1.echo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROBE_LABELSENTRY']._loaded_options = None
+  _globals['_PROBE_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_PROBE'].fields_by_name['create_time']._loaded_options = None
+  _globals['_PROBE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEPROBEREQUEST'].fields_by_name['probe']._loaded_options = None
+  _globals['_CREATEPROBEREQUEST'].fields_by_name['probe']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEPROBEREQUEST'].fields_by_name['probe']._loaded_options = None
+  _globals['_UPDATEPROBEREQUEST'].fields_by_name['probe']._serialized_options = b'\342A\001\002'
   _globals['_ECHOSERVICE'].methods_by_name['Echo']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['Echo']._serialized_options = b'\302\363\030?\n=\n;test service: measures the call path without authentication\202\323\344\223\002\r\"\010/v1/echo:\001*'
   _globals['_ECHOSERVICE'].methods_by_name['WhoAmI']._loaded_options = None
@@ -44,28 +57,74 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ECHOSERVICE'].methods_by_name['Fail']._serialized_options = b'\302\363\030\037\n\035\n\033test service: error mapping\202\323\344\223\002\022\"\r/v1/echo:fail:\001*'
   _globals['_ECHOSERVICE'].methods_by_name['Wait']._loaded_options = None
   _globals['_ECHOSERVICE'].methods_by_name['Wait']._serialized_options = b'\302\363\030(\n&\n$test service: deadlines and draining\202\323\344\223\002\022\"\r/v1/echo:wait:\001*'
-  _globals['_ECHOREQUEST']._serialized_start=136
-  _globals['_ECHOREQUEST']._serialized_end=166
-  _globals['_ECHORESPONSE']._serialized_start=168
-  _globals['_ECHORESPONSE']._serialized_end=199
-  _globals['_WHOAMIREQUEST']._serialized_start=201
-  _globals['_WHOAMIREQUEST']._serialized_end=216
-  _globals['_WHOAMIRESPONSE']._serialized_start=218
-  _globals['_WHOAMIRESPONSE']._serialized_end=310
-  _globals['_GETTHINGREQUEST']._serialized_start=312
-  _globals['_GETTHINGREQUEST']._serialized_end=390
-  _globals['_THING']._serialized_start=392
-  _globals['_THING']._serialized_end=460
-  _globals['_FAILREQUEST']._serialized_start=463
-  _globals['_FAILREQUEST']._serialized_end=830
-  _globals['_FAILREQUEST_ERRORKIND']._serialized_start=595
-  _globals['_FAILREQUEST_ERRORKIND']._serialized_end=830
-  _globals['_FAILRESPONSE']._serialized_start=832
-  _globals['_FAILRESPONSE']._serialized_end=846
-  _globals['_WAITREQUEST']._serialized_start=848
-  _globals['_WAITREQUEST']._serialized_end=906
-  _globals['_WAITRESPONSE']._serialized_start=908
-  _globals['_WAITRESPONSE']._serialized_end=941
-  _globals['_ECHOSERVICE']._serialized_start=944
-  _globals['_ECHOSERVICE']._serialized_end=1677
+  _globals['_PROBESERVICE'].methods_by_name['ListProbes']._loaded_options = None
+  _globals['_PROBESERVICE'].methods_by_name['ListProbes']._serialized_options = b'\302\363\030\035\n\033\n\031test service: transcoding\202\323\344\223\002R\022 /v1/probeSets/{parent_id}/probesZ.\022,/v1/{parent_id=folders/*/probeSets/*}/probes'
+  _globals['_PROBESERVICE'].methods_by_name['GetProbe']._loaded_options = None
+  _globals['_PROBESERVICE'].methods_by_name['GetProbe']._serialized_options = b'\302\363\030\035\n\033\n\031test service: transcoding\202\323\344\223\002F\022\025/v1/probes/{probe_id}Z-\022+/v1/probeSets/{parent_id}/probes/{probe_id}'
+  _globals['_PROBESERVICE'].methods_by_name['CreateProbe']._loaded_options = None
+  _globals['_PROBESERVICE'].methods_by_name['CreateProbe']._serialized_options = b'\302\363\030\035\n\033\n\031test service: transcoding\202\323\344\223\0020\" /v1/probeSets/{parent_id}/probes:\005probeb\005probe'
+  _globals['_PROBESERVICE'].methods_by_name['UpdateProbe']._loaded_options = None
+  _globals['_PROBESERVICE'].methods_by_name['UpdateProbe']._serialized_options = b'\302\363\030\035\n\033\n\031test service: transcoding\202\323\344\223\002>2\025/v1/probes/{probe.id}:\005probeZ\036\032\025/v1/probes/{probe.id}:\005probe'
+  _globals['_PROBESERVICE'].methods_by_name['DeleteProbe']._loaded_options = None
+  _globals['_PROBESERVICE'].methods_by_name['DeleteProbe']._serialized_options = b'\302\363\030\035\n\033\n\031test service: transcoding\202\323\344\223\002\027*\025/v1/probes/{probe_id}'
+  _globals['_PROBESERVICE'].methods_by_name['TouchProbe']._loaded_options = None
+  _globals['_PROBESERVICE'].methods_by_name['TouchProbe']._serialized_options = b'\302\363\030\035\n\033\n\031test service: transcoding\202\323\344\223\002 \"\033/v1/probes/{probe_id}:touch:\001*'
+  _globals['_PROBESERVICE'].methods_by_name['GetProbeFile']._loaded_options = None
+  _globals['_PROBESERVICE'].methods_by_name['GetProbeFile']._serialized_options = b'\302\363\030\035\n\033\n\031test service: transcoding\202\323\344\223\002d\022%/v1/probes/{probe_id}/files/{path=**}Z;\0229/v1/archives/*/probes/{probe_id}/files/{path=**}:download'
+  _globals['_ECHOREQUEST']._serialized_start=298
+  _globals['_ECHOREQUEST']._serialized_end=328
+  _globals['_ECHORESPONSE']._serialized_start=330
+  _globals['_ECHORESPONSE']._serialized_end=361
+  _globals['_WHOAMIREQUEST']._serialized_start=363
+  _globals['_WHOAMIREQUEST']._serialized_end=378
+  _globals['_WHOAMIRESPONSE']._serialized_start=380
+  _globals['_WHOAMIRESPONSE']._serialized_end=472
+  _globals['_GETTHINGREQUEST']._serialized_start=474
+  _globals['_GETTHINGREQUEST']._serialized_end=552
+  _globals['_THING']._serialized_start=554
+  _globals['_THING']._serialized_end=622
+  _globals['_FAILREQUEST']._serialized_start=625
+  _globals['_FAILREQUEST']._serialized_end=1082
+  _globals['_FAILREQUEST_ERRORKIND']._serialized_start=757
+  _globals['_FAILREQUEST_ERRORKIND']._serialized_end=1082
+  _globals['_FAILRESPONSE']._serialized_start=1084
+  _globals['_FAILRESPONSE']._serialized_end=1098
+  _globals['_WAITREQUEST']._serialized_start=1100
+  _globals['_WAITREQUEST']._serialized_end=1158
+  _globals['_WAITRESPONSE']._serialized_start=1160
+  _globals['_WAITRESPONSE']._serialized_end=1193
+  _globals['_PROBE']._serialized_start=1196
+  _globals['_PROBE']._serialized_end=2028
+  _globals['_PROBE_INNER']._serialized_start=1879
+  _globals['_PROBE_INNER']._serialized_end=1929
+  _globals['_PROBE_LABELSENTRY']._serialized_start=1931
+  _globals['_PROBE_LABELSENTRY']._serialized_end=1976
+  _globals['_PROBE_COLOR']._serialized_start=1978
+  _globals['_PROBE_COLOR']._serialized_end=2028
+  _globals['_LISTPROBESREQUEST']._serialized_start=2031
+  _globals['_LISTPROBESREQUEST']._serialized_end=2263
+  _globals['_LISTPROBESRESPONSE']._serialized_start=2265
+  _globals['_LISTPROBESRESPONSE']._serialized_end=2350
+  _globals['_GETPROBEREQUEST']._serialized_start=2352
+  _globals['_GETPROBEREQUEST']._serialized_end=2406
+  _globals['_CREATEPROBEREQUEST']._serialized_start=2408
+  _globals['_CREATEPROBEREQUEST']._serialized_end=2512
+  _globals['_CREATEPROBERESPONSE']._serialized_start=2514
+  _globals['_CREATEPROBERESPONSE']._serialized_end=2588
+  _globals['_UPDATEPROBEREQUEST']._serialized_start=2590
+  _globals['_UPDATEPROBEREQUEST']._serialized_end=2704
+  _globals['_DELETEPROBEREQUEST']._serialized_start=2706
+  _globals['_DELETEPROBEREQUEST']._serialized_end=2758
+  _globals['_DELETEPROBERESPONSE']._serialized_start=2760
+  _globals['_DELETEPROBERESPONSE']._serialized_end=2781
+  _globals['_TOUCHPROBEREQUEST']._serialized_start=2784
+  _globals['_TOUCHPROBEREQUEST']._serialized_end=2952
+  _globals['_GETPROBEFILEREQUEST']._serialized_start=2954
+  _globals['_GETPROBEFILEREQUEST']._serialized_end=3007
+  _globals['_PROBEFILE']._serialized_start=3009
+  _globals['_PROBEFILE']._serialized_end=3052
+  _globals['_ECHOSERVICE']._serialized_start=3055
+  _globals['_ECHOSERVICE']._serialized_end=3788
+  _globals['_PROBESERVICE']._serialized_start=3791
+  _globals['_PROBESERVICE']._serialized_end=5086
 # @@protoc_insertion_point(module_scope)

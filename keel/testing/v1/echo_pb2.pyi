@@ -6,9 +6,15 @@ of authorization rule, error mapping, deadlines and draining. It is never
 deployed.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf import wrappers_pb2 as _wrappers_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -210,6 +216,16 @@ class FailRequest(_message.Message):
         """errors.Unavailable."""
         UNEXPECTED: FailRequest._ErrorKind.ValueType  # 10
         """A plain Python exception that is not a Keel error."""
+        OUT_OF_RANGE: FailRequest._ErrorKind.ValueType  # 11
+        """OUT_OF_RANGE, for servicers that abort with a bare gRPC code (the kit has no error class for it)."""
+        UNIMPLEMENTED: FailRequest._ErrorKind.ValueType  # 12
+        """UNIMPLEMENTED, for servicers that abort with a bare gRPC code."""
+        DEADLINE_EXCEEDED: FailRequest._ErrorKind.ValueType  # 13
+        """DEADLINE_EXCEEDED, for servicers that abort with a bare gRPC code."""
+        CANCELLED: FailRequest._ErrorKind.ValueType  # 14
+        """CANCELLED, for servicers that abort with a bare gRPC code."""
+        DATA_LOSS: FailRequest._ErrorKind.ValueType  # 15
+        """DATA_LOSS, for servicers that abort with a bare gRPC code."""
 
     class ErrorKind(_ErrorKind, metaclass=_ErrorKindEnumTypeWrapper):
         """Kinds of error Fail can raise."""
@@ -236,6 +252,16 @@ class FailRequest(_message.Message):
     """errors.Unavailable."""
     UNEXPECTED: FailRequest.ErrorKind.ValueType  # 10
     """A plain Python exception that is not a Keel error."""
+    OUT_OF_RANGE: FailRequest.ErrorKind.ValueType  # 11
+    """OUT_OF_RANGE, for servicers that abort with a bare gRPC code (the kit has no error class for it)."""
+    UNIMPLEMENTED: FailRequest.ErrorKind.ValueType  # 12
+    """UNIMPLEMENTED, for servicers that abort with a bare gRPC code."""
+    DEADLINE_EXCEEDED: FailRequest.ErrorKind.ValueType  # 13
+    """DEADLINE_EXCEEDED, for servicers that abort with a bare gRPC code."""
+    CANCELLED: FailRequest.ErrorKind.ValueType  # 14
+    """CANCELLED, for servicers that abort with a bare gRPC code."""
+    DATA_LOSS: FailRequest.ErrorKind.ValueType  # 15
+    """DATA_LOSS, for servicers that abort with a bare gRPC code."""
 
     ERROR_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
@@ -327,3 +353,533 @@ class WaitResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitResponse: _TypeAlias = WaitResponse  # noqa: Y015
+
+@_typing.final
+class Probe(_message.Message):
+    """A resource with a field of every kind the gateway maps to and from JSON."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Color:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ColorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Probe._Color.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        COLOR_UNSPECIFIED: Probe._Color.ValueType  # 0
+        """Not set."""
+        RED: Probe._Color.ValueType  # 1
+        """Red."""
+        GREEN: Probe._Color.ValueType  # 2
+        """Green."""
+
+    class Color(_Color, metaclass=_ColorEnumTypeWrapper):
+        """Colours: an enum, written by name in JSON."""
+
+    COLOR_UNSPECIFIED: Probe.Color.ValueType  # 0
+    """Not set."""
+    RED: Probe.Color.ValueType  # 1
+    """Red."""
+    GREEN: Probe.Color.ValueType  # 2
+    """Green."""
+
+    @_typing.final
+    class Inner(_message.Message):
+        """A nested message (dotted query parameters and field paths)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ID_FIELD_NUMBER: _builtins.int
+        COUNT_FIELD_NUMBER: _builtins.int
+        LABELS_FIELD_NUMBER: _builtins.int
+        id: _builtins.str
+        """Id of the inner part."""
+        count: _builtins.int
+        """A count."""
+        @_builtins.property
+        def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """Free labels."""
+
+        def __init__(
+            self,
+            *,
+            id: _builtins.str = ...,
+            count: _builtins.int = ...,
+            labels: _abc.Iterable[_builtins.str] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "id", b"id", "labels", b"labels"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    INNER_FIELD_NUMBER: _builtins.int
+    INT32_VALUE_FIELD_NUMBER: _builtins.int
+    INT64_VALUE_FIELD_NUMBER: _builtins.int
+    UINT64_VALUE_FIELD_NUMBER: _builtins.int
+    DOUBLE_VALUE_FIELD_NUMBER: _builtins.int
+    FLOAT_VALUE_FIELD_NUMBER: _builtins.int
+    BOOL_VALUE_FIELD_NUMBER: _builtins.int
+    BYTES_VALUE_FIELD_NUMBER: _builtins.int
+    COLOR_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    NUMBERS_FIELD_NUMBER: _builtins.int
+    COLORS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    WRAPPED_COUNT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Id of the probe."""
+    int32_value: _builtins.int
+    """A 32-bit integer."""
+    int64_value: _builtins.int
+    """A 64-bit integer (a string in JSON)."""
+    uint64_value: _builtins.int
+    """An unsigned 64-bit integer (a string in JSON)."""
+    double_value: _builtins.float
+    """A double."""
+    float_value: _builtins.float
+    """A float."""
+    bool_value: _builtins.bool
+    """A boolean."""
+    bytes_value: _builtins.bytes
+    """Bytes (base64 in JSON)."""
+    color: Global___Probe.Color.ValueType
+    """An enum."""
+    etag: _builtins.str
+    """Opaque version for optimistic concurrency on update."""
+    @_builtins.property
+    def inner(self) -> Global___Probe.Inner:
+        """A nested message."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Repeated strings."""
+
+    @_builtins.property
+    def numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Repeated 64-bit integers."""
+
+    @_builtins.property
+    def colors(self) -> _containers.RepeatedScalarFieldContainer[Global___Probe.Color.ValueType]:
+        """Repeated enums."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """A timestamp (RFC 3339 in JSON)."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """A duration ("1.5s" in JSON)."""
+
+    @_builtins.property
+    def mask(self) -> _field_mask_pb2.FieldMask:
+        """A field mask (comma-separated lowerCamel paths in JSON)."""
+
+    @_builtins.property
+    def wrapped_count(self) -> _wrappers_pb2.Int64Value:
+        """A wrapped 64-bit integer: absent and zero differ."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """A map."""
+
+    @_builtins.property
+    def attributes(self) -> _struct_pb2.Struct:
+        """Free-form JSON."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the probe was created."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        inner: Global___Probe.Inner | None = ...,
+        int32_value: _builtins.int = ...,
+        int64_value: _builtins.int = ...,
+        uint64_value: _builtins.int = ...,
+        double_value: _builtins.float = ...,
+        float_value: _builtins.float = ...,
+        bool_value: _builtins.bool = ...,
+        bytes_value: _builtins.bytes = ...,
+        color: Global___Probe.Color.ValueType = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        numbers: _abc.Iterable[_builtins.int] | None = ...,
+        colors: _abc.Iterable[Global___Probe.Color.ValueType] | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        mask: _field_mask_pb2.FieldMask | None = ...,
+        wrapped_count: _wrappers_pb2.Int64Value | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        attributes: _struct_pb2.Struct | None = ...,
+        etag: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "create_time", b"create_time", "duration", b"duration", "inner", b"inner", "mask", b"mask", "time", b"time", "wrapped_count", b"wrapped_count"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "bool_value", b"bool_value", "bytes_value", b"bytes_value", "color", b"color", "colors", b"colors", "create_time", b"create_time", "double_value", b"double_value", "duration", b"duration", "etag", b"etag", "float_value", b"float_value", "id", b"id", "inner", b"inner", "int32_value", b"int32_value", "int64_value", b"int64_value", "labels", b"labels", "mask", b"mask", "numbers", b"numbers", "tags", b"tags", "time", b"time", "uint64_value", b"uint64_value", "wrapped_count", b"wrapped_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Probe: _TypeAlias = Probe  # noqa: Y015
+
+@_typing.final
+class ListProbesRequest(_message.Message):
+    """Request of ListProbes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    READ_MASK_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    EXAMPLE_FIELD_NUMBER: _builtins.int
+    parent_id: _builtins.str
+    """Probe set of the probes (path)."""
+    page_size: _builtins.int
+    """Maximum number to return (a query parameter)."""
+    show_deleted: _builtins.bool
+    """Whether deleted probes are listed too (a query parameter)."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to filter by (a repeated query parameter)."""
+
+    @_builtins.property
+    def read_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to return (a comma-separated query parameter)."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Lower bound of create_time (an RFC 3339 query parameter)."""
+
+    @_builtins.property
+    def example(self) -> Global___Probe:
+        """Example values of every kind (dotted query parameters)."""
+
+    def __init__(
+        self,
+        *,
+        parent_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        show_deleted: _builtins.bool = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        read_mask: _field_mask_pb2.FieldMask | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        example: Global___Probe | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "example", b"example", "read_mask", b"read_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "example", b"example", "page_size", b"page_size", "parent_id", b"parent_id", "read_mask", b"read_mask", "show_deleted", b"show_deleted", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProbesRequest: _TypeAlias = ListProbesRequest  # noqa: Y015
+
+@_typing.final
+class ListProbesResponse(_message.Message):
+    """Response of ListProbes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; always empty."""
+    @_builtins.property
+    def probes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Probe]:
+        """The probes: the request's example, when it has an id."""
+
+    def __init__(
+        self,
+        *,
+        probes: _abc.Iterable[Global___Probe] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "probes", b"probes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProbesResponse: _TypeAlias = ListProbesResponse  # noqa: Y015
+
+@_typing.final
+class GetProbeRequest(_message.Message):
+    """Request of GetProbe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    PROBE_ID_FIELD_NUMBER: _builtins.int
+    parent_id: _builtins.str
+    """Probe set of the probe; empty when addressed by id alone."""
+    probe_id: _builtins.str
+    """Id of the probe."""
+    def __init__(
+        self,
+        *,
+        parent_id: _builtins.str = ...,
+        probe_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent_id", b"parent_id", "probe_id", b"probe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProbeRequest: _TypeAlias = GetProbeRequest  # noqa: Y015
+
+@_typing.final
+class CreateProbeRequest(_message.Message):
+    """Request of CreateProbe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    PROBE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent_id: _builtins.str
+    """Probe set of the probe (path)."""
+    request_id: _builtins.str
+    """Idempotency key (a query parameter)."""
+    @_builtins.property
+    def probe(self) -> Global___Probe:
+        """The probe to create (body)."""
+
+    def __init__(
+        self,
+        *,
+        parent_id: _builtins.str = ...,
+        probe: Global___Probe | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent_id", b"parent_id", "probe", b"probe", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProbeRequest: _TypeAlias = CreateProbeRequest  # noqa: Y015
+
+@_typing.final
+class CreateProbeResponse(_message.Message):
+    """Response of CreateProbe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    note: _builtins.str
+    """A note the HTTP response leaves out (response_body is the probe)."""
+    @_builtins.property
+    def probe(self) -> Global___Probe:
+        """The created probe."""
+
+    def __init__(
+        self,
+        *,
+        probe: Global___Probe | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "probe", b"probe"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProbeResponse: _TypeAlias = CreateProbeResponse  # noqa: Y015
+
+@_typing.final
+class UpdateProbeRequest(_message.Message):
+    """Request of UpdateProbe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def probe(self) -> Global___Probe:
+        """The probe with its id (path) and new values (body)."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to update; the gateway derives it from a PATCH body when absent."""
+
+    def __init__(
+        self,
+        *,
+        probe: Global___Probe | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProbeRequest: _TypeAlias = UpdateProbeRequest  # noqa: Y015
+
+@_typing.final
+class DeleteProbeRequest(_message.Message):
+    """Request of DeleteProbe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    probe_id: _builtins.str
+    """Id of the probe."""
+    etag: _builtins.str
+    """Current etag (a query parameter)."""
+    def __init__(
+        self,
+        *,
+        probe_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "probe_id", b"probe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProbeRequest: _TypeAlias = DeleteProbeRequest  # noqa: Y015
+
+@_typing.final
+class DeleteProbeResponse(_message.Message):
+    """Response of DeleteProbe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProbeResponse: _TypeAlias = DeleteProbeResponse  # noqa: Y015
+
+@_typing.final
+class TouchProbeRequest(_message.Message):
+    """Request of TouchProbe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_ID_FIELD_NUMBER: _builtins.int
+    INNER_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    probe_id: _builtins.str
+    """Id of the probe (path)."""
+    @_builtins.property
+    def inner(self) -> Global___Probe.Inner:
+        """A nested message (body)."""
+
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """A delay (body)."""
+
+    @_builtins.property
+    def note(self) -> _wrappers_pb2.StringValue:
+        """A wrapped string (body)."""
+
+    def __init__(
+        self,
+        *,
+        probe_id: _builtins.str = ...,
+        inner: Global___Probe.Inner | None = ...,
+        delay: _duration_pb2.Duration | None = ...,
+        note: _wrappers_pb2.StringValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "inner", b"inner", "note", b"note"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "inner", b"inner", "note", b"note", "probe_id", b"probe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TouchProbeRequest: _TypeAlias = TouchProbeRequest  # noqa: Y015
+
+@_typing.final
+class GetProbeFileRequest(_message.Message):
+    """Request of GetProbeFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    probe_id: _builtins.str
+    """Id of the probe."""
+    path: _builtins.str
+    """Path of the file, slashes included."""
+    def __init__(
+        self,
+        *,
+        probe_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "probe_id", b"probe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProbeFileRequest: _TypeAlias = GetProbeFileRequest  # noqa: Y015
+
+@_typing.final
+class ProbeFile(_message.Message):
+    """A file of a probe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBE_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    probe_id: _builtins.str
+    """Id of the probe."""
+    path: _builtins.str
+    """Path of the file."""
+    def __init__(
+        self,
+        *,
+        probe_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "probe_id", b"probe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProbeFile: _TypeAlias = ProbeFile  # noqa: Y015

@@ -275,3 +275,346 @@ class EchoService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ProbeServiceStub:
+    """Resources of every field kind, bound to HTTP in every way google.api.http allows, so that
+    the gateway's transcoding can be tested. It records what it receives and is never deployed.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListProbes = channel.unary_unary(
+                '/keel.testing.v1.ProbeService/ListProbes',
+                request_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.ListProbesRequest.SerializeToString,
+                response_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.ListProbesResponse.FromString,
+                _registered_method=True)
+        self.GetProbe = channel.unary_unary(
+                '/keel.testing.v1.ProbeService/GetProbe',
+                request_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.GetProbeRequest.SerializeToString,
+                response_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.Probe.FromString,
+                _registered_method=True)
+        self.CreateProbe = channel.unary_unary(
+                '/keel.testing.v1.ProbeService/CreateProbe',
+                request_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.CreateProbeRequest.SerializeToString,
+                response_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.CreateProbeResponse.FromString,
+                _registered_method=True)
+        self.UpdateProbe = channel.unary_unary(
+                '/keel.testing.v1.ProbeService/UpdateProbe',
+                request_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.UpdateProbeRequest.SerializeToString,
+                response_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.Probe.FromString,
+                _registered_method=True)
+        self.DeleteProbe = channel.unary_unary(
+                '/keel.testing.v1.ProbeService/DeleteProbe',
+                request_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.DeleteProbeRequest.SerializeToString,
+                response_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.DeleteProbeResponse.FromString,
+                _registered_method=True)
+        self.TouchProbe = channel.unary_unary(
+                '/keel.testing.v1.ProbeService/TouchProbe',
+                request_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.TouchProbeRequest.SerializeToString,
+                response_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.Probe.FromString,
+                _registered_method=True)
+        self.GetProbeFile = channel.unary_unary(
+                '/keel.testing.v1.ProbeService/GetProbeFile',
+                request_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.GetProbeFileRequest.SerializeToString,
+                response_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.ProbeFile.FromString,
+                _registered_method=True)
+
+
+class ProbeServiceServicer:
+    """Resources of every field kind, bound to HTTP in every way google.api.http allows, so that
+    the gateway's transcoding can be tested. It records what it receives and is never deployed.
+    """
+
+    def ListProbes(self, request, context):
+        """Lists probes: every field not bound by the path is a query parameter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProbe(self, request, context):
+        """Returns a probe, by its id alone or within its probe set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateProbe(self, request, context):
+        """Creates a probe; the HTTP response is the probe alone (response_body).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProbe(self, request, context):
+        """Updates a probe: PATCH with an update mask, or PUT to replace it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProbe(self, request, context):
+        """Deletes a probe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TouchProbe(self, request, context):
+        """A custom method: the whole body is the request, beside the path's fields.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProbeFile(self, request, context):
+        """Returns a file of a probe: a multi-segment path variable, and an anonymous segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ProbeServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListProbes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProbes,
+                    request_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.ListProbesRequest.FromString,
+                    response_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.ListProbesResponse.SerializeToString,
+            ),
+            'GetProbe': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProbe,
+                    request_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.GetProbeRequest.FromString,
+                    response_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.Probe.SerializeToString,
+            ),
+            'CreateProbe': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProbe,
+                    request_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.CreateProbeRequest.FromString,
+                    response_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.CreateProbeResponse.SerializeToString,
+            ),
+            'UpdateProbe': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProbe,
+                    request_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.UpdateProbeRequest.FromString,
+                    response_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.Probe.SerializeToString,
+            ),
+            'DeleteProbe': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProbe,
+                    request_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.DeleteProbeRequest.FromString,
+                    response_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.DeleteProbeResponse.SerializeToString,
+            ),
+            'TouchProbe': grpc.unary_unary_rpc_method_handler(
+                    servicer.TouchProbe,
+                    request_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.TouchProbeRequest.FromString,
+                    response_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.Probe.SerializeToString,
+            ),
+            'GetProbeFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProbeFile,
+                    request_deserializer=keel_dot_testing_dot_v1_dot_echo__pb2.GetProbeFileRequest.FromString,
+                    response_serializer=keel_dot_testing_dot_v1_dot_echo__pb2.ProbeFile.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'keel.testing.v1.ProbeService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('keel.testing.v1.ProbeService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ProbeService:
+    """Resources of every field kind, bound to HTTP in every way google.api.http allows, so that
+    the gateway's transcoding can be tested. It records what it receives and is never deployed.
+    """
+
+    @staticmethod
+    def ListProbes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.testing.v1.ProbeService/ListProbes',
+            keel_dot_testing_dot_v1_dot_echo__pb2.ListProbesRequest.SerializeToString,
+            keel_dot_testing_dot_v1_dot_echo__pb2.ListProbesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProbe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.testing.v1.ProbeService/GetProbe',
+            keel_dot_testing_dot_v1_dot_echo__pb2.GetProbeRequest.SerializeToString,
+            keel_dot_testing_dot_v1_dot_echo__pb2.Probe.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateProbe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.testing.v1.ProbeService/CreateProbe',
+            keel_dot_testing_dot_v1_dot_echo__pb2.CreateProbeRequest.SerializeToString,
+            keel_dot_testing_dot_v1_dot_echo__pb2.CreateProbeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProbe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.testing.v1.ProbeService/UpdateProbe',
+            keel_dot_testing_dot_v1_dot_echo__pb2.UpdateProbeRequest.SerializeToString,
+            keel_dot_testing_dot_v1_dot_echo__pb2.Probe.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProbe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.testing.v1.ProbeService/DeleteProbe',
+            keel_dot_testing_dot_v1_dot_echo__pb2.DeleteProbeRequest.SerializeToString,
+            keel_dot_testing_dot_v1_dot_echo__pb2.DeleteProbeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TouchProbe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.testing.v1.ProbeService/TouchProbe',
+            keel_dot_testing_dot_v1_dot_echo__pb2.TouchProbeRequest.SerializeToString,
+            keel_dot_testing_dot_v1_dot_echo__pb2.Probe.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProbeFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.testing.v1.ProbeService/GetProbeFile',
+            keel_dot_testing_dot_v1_dot_echo__pb2.GetProbeFileRequest.SerializeToString,
+            keel_dot_testing_dot_v1_dot_echo__pb2.ProbeFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -107,3 +107,112 @@ class EchoServiceServicer(metaclass=_abc_1.ABCMeta):
         """Waits on the server up to the requested duration, or until the call's deadline."""
 
 def add_EchoServiceServicer_to_server(servicer: EchoServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ProbeServiceStub:
+    """Resources of every field kind, bound to HTTP in every way google.api.http allows, so that
+    the gateway's transcoding can be tested. It records what it receives and is never deployed.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ProbeServiceAsyncStub: ...
+    ListProbes: _grpc.UnaryUnaryMultiCallable[_echo_pb2.ListProbesRequest, _echo_pb2.ListProbesResponse]
+    """Lists probes: every field not bound by the path is a query parameter."""
+    GetProbe: _grpc.UnaryUnaryMultiCallable[_echo_pb2.GetProbeRequest, _echo_pb2.Probe]
+    """Returns a probe, by its id alone or within its probe set."""
+    CreateProbe: _grpc.UnaryUnaryMultiCallable[_echo_pb2.CreateProbeRequest, _echo_pb2.CreateProbeResponse]
+    """Creates a probe; the HTTP response is the probe alone (response_body)."""
+    UpdateProbe: _grpc.UnaryUnaryMultiCallable[_echo_pb2.UpdateProbeRequest, _echo_pb2.Probe]
+    """Updates a probe: PATCH with an update mask, or PUT to replace it."""
+    DeleteProbe: _grpc.UnaryUnaryMultiCallable[_echo_pb2.DeleteProbeRequest, _echo_pb2.DeleteProbeResponse]
+    """Deletes a probe."""
+    TouchProbe: _grpc.UnaryUnaryMultiCallable[_echo_pb2.TouchProbeRequest, _echo_pb2.Probe]
+    """A custom method: the whole body is the request, beside the path's fields."""
+    GetProbeFile: _grpc.UnaryUnaryMultiCallable[_echo_pb2.GetProbeFileRequest, _echo_pb2.ProbeFile]
+    """Returns a file of a probe: a multi-segment path variable, and an anonymous segment."""
+
+@_typing.type_check_only
+class ProbeServiceAsyncStub(ProbeServiceStub):
+    """Resources of every field kind, bound to HTTP in every way google.api.http allows, so that
+    the gateway's transcoding can be tested. It records what it receives and is never deployed.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListProbes: _aio.UnaryUnaryMultiCallable[_echo_pb2.ListProbesRequest, _echo_pb2.ListProbesResponse]  # type: ignore[assignment]
+    """Lists probes: every field not bound by the path is a query parameter."""
+    GetProbe: _aio.UnaryUnaryMultiCallable[_echo_pb2.GetProbeRequest, _echo_pb2.Probe]  # type: ignore[assignment]
+    """Returns a probe, by its id alone or within its probe set."""
+    CreateProbe: _aio.UnaryUnaryMultiCallable[_echo_pb2.CreateProbeRequest, _echo_pb2.CreateProbeResponse]  # type: ignore[assignment]
+    """Creates a probe; the HTTP response is the probe alone (response_body)."""
+    UpdateProbe: _aio.UnaryUnaryMultiCallable[_echo_pb2.UpdateProbeRequest, _echo_pb2.Probe]  # type: ignore[assignment]
+    """Updates a probe: PATCH with an update mask, or PUT to replace it."""
+    DeleteProbe: _aio.UnaryUnaryMultiCallable[_echo_pb2.DeleteProbeRequest, _echo_pb2.DeleteProbeResponse]  # type: ignore[assignment]
+    """Deletes a probe."""
+    TouchProbe: _aio.UnaryUnaryMultiCallable[_echo_pb2.TouchProbeRequest, _echo_pb2.Probe]  # type: ignore[assignment]
+    """A custom method: the whole body is the request, beside the path's fields."""
+    GetProbeFile: _aio.UnaryUnaryMultiCallable[_echo_pb2.GetProbeFileRequest, _echo_pb2.ProbeFile]  # type: ignore[assignment]
+    """Returns a file of a probe: a multi-segment path variable, and an anonymous segment."""
+
+class ProbeServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Resources of every field kind, bound to HTTP in every way google.api.http allows, so that
+    the gateway's transcoding can be tested. It records what it receives and is never deployed.
+    """
+
+    @_abc_1.abstractmethod
+    def ListProbes(
+        self,
+        request: _echo_pb2.ListProbesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.ListProbesResponse, _abc.Awaitable[_echo_pb2.ListProbesResponse]]:
+        """Lists probes: every field not bound by the path is a query parameter."""
+
+    @_abc_1.abstractmethod
+    def GetProbe(
+        self,
+        request: _echo_pb2.GetProbeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.Probe, _abc.Awaitable[_echo_pb2.Probe]]:
+        """Returns a probe, by its id alone or within its probe set."""
+
+    @_abc_1.abstractmethod
+    def CreateProbe(
+        self,
+        request: _echo_pb2.CreateProbeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.CreateProbeResponse, _abc.Awaitable[_echo_pb2.CreateProbeResponse]]:
+        """Creates a probe; the HTTP response is the probe alone (response_body)."""
+
+    @_abc_1.abstractmethod
+    def UpdateProbe(
+        self,
+        request: _echo_pb2.UpdateProbeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.Probe, _abc.Awaitable[_echo_pb2.Probe]]:
+        """Updates a probe: PATCH with an update mask, or PUT to replace it."""
+
+    @_abc_1.abstractmethod
+    def DeleteProbe(
+        self,
+        request: _echo_pb2.DeleteProbeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.DeleteProbeResponse, _abc.Awaitable[_echo_pb2.DeleteProbeResponse]]:
+        """Deletes a probe."""
+
+    @_abc_1.abstractmethod
+    def TouchProbe(
+        self,
+        request: _echo_pb2.TouchProbeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.Probe, _abc.Awaitable[_echo_pb2.Probe]]:
+        """A custom method: the whole body is the request, beside the path's fields."""
+
+    @_abc_1.abstractmethod
+    def GetProbeFile(
+        self,
+        request: _echo_pb2.GetProbeFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_echo_pb2.ProbeFile, _abc.Awaitable[_echo_pb2.ProbeFile]]:
+        """Returns a file of a probe: a multi-segment path variable, and an anonymous segment."""
+
+def add_ProbeServiceServicer_to_server(servicer: ProbeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
