@@ -42,6 +42,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,10 +101,23 @@ async def control_plane(urls: dict[str, str], data_dir: Path) -> AsyncIterator[O
         await generator.aclose()
 
 
+@dataclass(frozen=True)
+class MetadataServer:
+    """A metadata server process and a channel to it."""
+
+    channel: grpc.aio.Channel
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process used so far (user + system), from /proc: robust to a busy machine."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
 async def metadata_process(
     orgs: OrgsStack, database_url: str, credential_file: Path, data_dir: Path, profile: str = ""
-) -> AsyncIterator[grpc.aio.Channel]:
+) -> AsyncIterator[MetadataServer]:
     port = free_port()
     env = {
         **os.environ,
@@ -124,7 +138,7 @@ async def metadata_process(
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         await wait_serving(channel)
-        yield channel
+        yield MetadataServer(channel, process.pid)
     finally:
         await channel.close(None)
         process.terminate()
@@ -265,7 +279,8 @@ class Recorder:
         return int(answer.run.status)
 
 
-async def record_for(recorders: list[Recorder], mode: str, seconds: float) -> tuple[float, list[float]]:
+async def record_for(recorders: list[Recorder], mode: str, seconds: float) -> tuple[float, list[float], int]:
+    """Records runs for `seconds`: runs/s, every call's latency, how many runs."""
     deadline = time.perf_counter() + seconds
     done = 0
 
@@ -280,7 +295,7 @@ async def record_for(recorders: list[Recorder], mode: str, seconds: float) -> tu
         recorder.by_call.clear()
     start = time.perf_counter()
     await asyncio.gather(*(loop(r) for r in recorders))
-    return done / (time.perf_counter() - start), [x for r in recorders for x in r.latencies]
+    return done / (time.perf_counter() - start), [x for r in recorders for x in r.latencies], done
 
 
 CALLS_PER_RUN = {"single": 31, "step": 11, "run": 2}
@@ -323,7 +338,8 @@ async def main() -> None:
         credential_file = write_secret_file(data_dir / "workspace-credential", credential)
         async with metadata_process(
             orgs, urls["metadata"], credential_file, data_dir / "metadata", args.profile
-        ) as channel:
+        ) as server:
+            channel = server.channel
             project_id, snapshot_id = await bench_pipeline(channel, owner, workspace_id, urls["metadata"])
             recorders = [
                 Recorder(channel, owner, workspace_id, project_id, snapshot_id) for _ in range(args.recorders)
@@ -333,7 +349,12 @@ async def main() -> None:
             modes = args.modes.split(",")
             await record_for(recorders, modes[0], 3)  # warm-up (creates the 10 artifacts)
             for mode in modes:
-                rounds = [await record_for(recorders, mode, args.seconds) for _ in range(args.rounds)]
+                rounds, cpu_per_run = [], []
+                for _ in range(args.rounds):
+                    cpu = server.cpu_seconds()
+                    rate, latencies, runs = await record_for(recorders, mode, args.seconds)
+                    rounds.append((rate, latencies))
+                    cpu_per_run.append((server.cpu_seconds() - cpu) / max(runs, 1) * 1000)
                 rates = [rate for rate, _ in rounds]
                 median_round = sorted(rounds)[len(rounds) // 2][1]
                 cuts = statistics.quantiles(median_round, n=100)
@@ -341,7 +362,8 @@ async def main() -> None:
                     f"  {mode:<6} {statistics.median(rates):6.1f} complete runs/s "
                     f"(rounds {', '.join(f'{r:.1f}' for r in rates)}); "
                     f"{statistics.median(rates) * CALLS_PER_RUN[mode]:.0f} calls/s; "
-                    f"call p50 {cuts[49] * 1000:.1f} ms p99 {cuts[98] * 1000:.1f} ms"
+                    f"call p50 {cuts[49] * 1000:.1f} ms p99 {cuts[98] * 1000:.1f} ms; "
+                    f"server CPU {statistics.median(cpu_per_run):.1f} ms per run"
                 )
                 by_call: dict[str, list[float]] = {}
                 for recorder in recorders:

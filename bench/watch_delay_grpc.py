@@ -122,14 +122,18 @@ async def main() -> None:
         workspace_id, credential = await create_workspace(orgs, organization.id, owner)
         credential_file = write_secret_file(data_dir / "workspace-credential", credential)
         async with AsyncExitStack() as stack:
-            first = await stack.enter_async_context(
-                metadata_process(orgs, urls["metadata"], credential_file, data_dir / "a")
-            )
+            first = (
+                await stack.enter_async_context(
+                    metadata_process(orgs, urls["metadata"], credential_file, data_dir / "a")
+                )
+            ).channel
             second = first
             if args.database == "postgresql":
-                second = await stack.enter_async_context(
-                    metadata_process(orgs, urls["metadata"], credential_file, data_dir / "b")
-                )
+                second = (
+                    await stack.enter_async_context(
+                        metadata_process(orgs, urls["metadata"], credential_file, data_dir / "b")
+                    )
+                ).channel
             project_id, snapshot = await bench_pipeline(first, owner, workspace_id, urls["metadata"])
             a, b = runs_pb2_grpc.RunServiceStub(first), runs_pb2_grpc.RunServiceStub(second)
             await measure(a, b, owner.metadata, workspace_id, project_id, snapshot, 2)  # warm-up

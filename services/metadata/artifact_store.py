@@ -466,21 +466,31 @@ async def record_links(conn: AsyncConnection, project_id: str, links: Sequence[L
             )
         )
     }
-    fresh: list[dict[str, Any]] = []
+    fresh: list[LinkRecord] = []
     for link in links:
         current = existing.get((link.step_run_id, link.direction, link.name))
         if current is None:
-            fresh.append({"project_id": project_id, **values_of(link)})
+            fresh.append(link)
         elif current != link.artifact_version_id:
             raise LinkConflict(
                 f"{link.direction} {link.name!r} of step run {link.step_run_id} is already recorded"
             )
-    if fresh:
-        try:
-            async with conn.begin_nested():
-                await conn.execute(insert(step_artifacts), fresh)
-        except IntegrityError:
-            raise LinkConflict("an input or output of the step was recorded concurrently") from None
+    await insert_links(conn, project_id, fresh)
+
+
+async def insert_links(conn: AsyncConnection, project_id: str, links: Sequence[LinkRecord]) -> None:
+    """Inserts links known to be new (one statement); LinkConflict when a concurrent writer won.
+
+    No savepoint: a conflict ends the caller's transaction, which rolls back.
+    """
+    if not links:
+        return
+    try:
+        await conn.execute(
+            insert(step_artifacts), [{"project_id": project_id, **values_of(link)} for link in links]
+        )
+    except IntegrityError:
+        raise LinkConflict("an input or output of the step was recorded concurrently") from None
 
 
 async def list_step_links(

@@ -380,21 +380,13 @@ class Artifacts:
                 version = await self._new_version(
                     tx.conn, project_id, artifact.id, output.version, step_run_id, run_id
                 )
-                await st.record_links(
-                    tx.conn,
-                    project_id,
-                    [
-                        LinkRecord(
-                            step_run_id,
-                            st.OUTPUT,
-                            output.name,
-                            version.id,
-                            artifact.id,
-                            run_id,
-                            version.create_time,
-                        )
-                    ],
+                link = LinkRecord(
+                    step_run_id, st.OUTPUT, output.name, version.id, artifact.id, run_id, version.create_time
                 )
+                try:
+                    await st.record_links(tx.conn, project_id, [link])
+                except st.LinkConflict as error:
+                    raise AlreadyExists(str(error), reason="STEP_OUTPUT_RECORDED") from None
                 result.versions.append(version)
                 result.new_version_ids.append(version.id)
             if request_id:

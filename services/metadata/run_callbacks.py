@@ -384,7 +384,8 @@ class RunCallbacks:
             for step, output, version_id in planned.fresh
         ]
         try:
-            await st.record_links(conn, project_id, links)
+            # Checked against the recorded links above, under the run's lock.
+            await st.insert_links(conn, project_id, links)
         except st.LinkConflict as error:
             raise AlreadyExists(str(error), reason="STEP_OUTPUT_RECORDED") from None
         return planned
