@@ -252,13 +252,20 @@ async def list_models(
 
 
 async def update_model(
-    conn: AsyncConnection, project_id: str, model_id: str, values: Mapping[str, Any], now: datetime
+    conn: AsyncConnection,
+    project_id: str,
+    model_id: str,
+    values: Mapping[str, Any],
+    now: datetime,
+    *,
+    expected_version: int | None = None,
 ) -> bool:
-    """Writes `values` and bumps the row version; False when missing."""
+    """Writes `values`, bumps the row version (if still at `expected_version`, when given); False if not."""
+    where = [models.c.project_id == project_id, models.c.id == model_id]
+    if expected_version is not None:
+        where.append(models.c.version == expected_version)
     result = await conn.execute(
-        update(models)
-        .where(models.c.project_id == project_id, models.c.id == model_id)
-        .values(**values, update_time=now, version=models.c.version + 1)
+        update(models).where(*where).values(**values, update_time=now, version=models.c.version + 1)
     )
     return bool(result.rowcount)
 

@@ -124,7 +124,16 @@ class Models:
         async with self._store.transaction() as tx:
             current = await self._model(tx.conn, project_id, model_id)
             check_etag(supplied_etag, current.version)
-            await st.update_model(tx.conn, project_id, model_id, values, self._clock.now())
+            expected = current.version if supplied_etag else None
+            if not await st.update_model(
+                tx.conn, project_id, model_id, values, self._clock.now(), expected_version=expected
+            ):
+                if supplied_etag:
+                    # The etag matched, then a promotion or another update landed before the write.
+                    raise Aborted(
+                        "the model changed while being updated; read it again", reason="ETAG_MISMATCH"
+                    )
+                raise NotFound("model not found")  # deleted between the read and the write
             return await self._model(tx.conn, project_id, model_id)
 
     async def delete_model(self, project_id: str, model_id: str, supplied_etag: str) -> int:

@@ -197,3 +197,30 @@ async def test_update_version_writes_the_description_and_checks_the_etag(
         await models.update_version(run.project_id, other.id, version.id, "", {"description": "x"})
     with pytest.raises(NotFound):
         await models.update_version(run.project_id, model.id, "missing", "", {"description": "x"})
+
+
+async def test_a_model_update_is_conditional_on_the_version_read(metadata_store: MetadataStore) -> None:
+    """The write itself checks the version the etag named: a change landing in between is not overwritten."""
+    clock = ManualClock()
+    run = await project_with_run(metadata_store, clock)
+    models = Models(offline_domain(metadata_store, clock))
+    model = await models.create_model(WORKLOAD, run.project_id, "churn", "")
+    async with metadata_store.transaction() as tx:
+        first = await st.update_model(
+            tx.conn,
+            run.project_id,
+            model.id,
+            {"description": "a"},
+            clock.now(),
+            expected_version=model.version,
+        )
+        stale = await st.update_model(
+            tx.conn,
+            run.project_id,
+            model.id,
+            {"description": "b"},
+            clock.now(),
+            expected_version=model.version,
+        )
+    assert (first, stale) == (True, False)
+    assert (await models.get_model(run.project_id, model.id)).description == "a"
