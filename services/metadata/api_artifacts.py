@@ -295,4 +295,7 @@ class ArtifactApi(pb_grpc.ArtifactServiceServicer):
             direction=direction,
             depth=request.depth,
         )
-        return lineage_message(graph)
+        principal, lookup = require_principal(), self._domain.lookup
+        versions = await lookup.readable_ids(principal, "artifact_version", "read", request.project_id)
+        runs = await lookup.readable_ids(principal, "run", "read", request.project_id)
+        return lineage_message(ln.readable_part(graph, request.project_id, versions, runs))

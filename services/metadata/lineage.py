@@ -23,6 +23,7 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.errors import InvalidArgument, NotFound
+from services.kit.rbac_lookup import Lookup
 from services.metadata import artifact_store as st
 from services.metadata.artifact_store import artifact_versions, step_artifacts
 from services.metadata.run_store import runs
@@ -257,6 +258,48 @@ async def _hops(
             )
         )
         walk.truncated = bool(more)
+
+
+def _allows(readable: Lookup, resource_id: str, project_id: str) -> bool:
+    return readable.all or resource_id in readable.ids or project_id in readable.project_ids
+
+
+def readable_part(graph: Graph, project_id: str, versions: Lookup, runs: Lookup) -> Graph:
+    """The part of a graph the caller may read, still connected to where the walk started.
+
+    Artifact versions need `artifact_version.read`, steps `run.read` on their run
+    (LookupResources answers). The walk does not pass through what is hidden: a
+    readable node reached only through a hidden one is left out too, so the answer
+    says nothing about what lies behind. A start the caller may not read is
+    NOT_FOUND, as its own Get would be.
+    """
+    if versions.all and runs.all:
+        return graph
+
+    def visible(node: Node) -> bool:
+        if node.kind == ARTIFACT_VERSION:
+            return _allows(versions, node.id, project_id)
+        return _allows(runs, node.run_id, project_id)
+
+    shown = {node.id for node in graph.nodes if visible(node)}
+    starts = [node.id for node in graph.nodes if node.depth == 0]
+    if not any(start in shown for start in starts):
+        raise NotFound("lineage start not found")
+    neighbours: dict[str, list[str]] = {}
+    for edge in graph.edges:
+        if edge.step_run_id in shown and edge.artifact_version_id in shown:
+            neighbours.setdefault(edge.step_run_id, []).append(edge.artifact_version_id)
+            neighbours.setdefault(edge.artifact_version_id, []).append(edge.step_run_id)
+    reached = {start for start in starts if start in shown}
+    frontier = list(reached)
+    while frontier:
+        frontier = [n for node in frontier for n in neighbours.get(node, ()) if n not in reached]
+        reached.update(frontier)
+    return Graph(
+        nodes=[node for node in graph.nodes if node.id in reached],
+        edges=[e for e in graph.edges if e.step_run_id in reached and e.artifact_version_id in reached],
+        truncated=graph.truncated,
+    )
 
 
 class Lineages:

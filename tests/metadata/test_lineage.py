@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import event
 
 from services.kit.errors import InvalidArgument, NotFound
+from services.kit.rbac_lookup import EVERYTHING, Lookup
 from services.metadata import lineage as ln
 from services.metadata.artifact_store import VersionInput
 from services.metadata.artifacts import Artifacts, StepOutput
@@ -179,3 +180,43 @@ async def test_run_lineage_starts_from_its_steps(metadata_store: MetadataStore) 
     other = await project_with_run(metadata_store, clock)
     with pytest.raises(NotFound):
         await lineages.lineage(other.project_id, artifact_version_id=v["raw"], direction=ln.UPSTREAM, depth=1)
+
+
+def test_the_readable_part_stops_at_what_is_hidden() -> None:
+    """raw --load--> clean --train--> model; the caller may read `clean` and runs r1 only."""
+    nodes = [
+        ln.Node(ln.ARTIFACT_VERSION, "model", "", "a3", 0),
+        ln.Node(ln.STEP_RUN, "train", "r2", "", 1),
+        ln.Node(ln.ARTIFACT_VERSION, "clean", "", "a2", 2),
+        ln.Node(ln.STEP_RUN, "load", "r1", "", 3),
+        ln.Node(ln.ARTIFACT_VERSION, "raw", "", "a1", 4),
+    ]
+    edges = [
+        ln.Edge("train", "model", "output", "out"),
+        ln.Edge("train", "clean", "input", "in"),
+        ln.Edge("load", "clean", "output", "out"),
+        ln.Edge("load", "raw", "input", "in"),
+    ]
+    graph = ln.Graph(nodes, edges)
+    assert ln.readable_part(graph, "p", EVERYTHING, EVERYTHING) is graph
+    # Everything but the `train` run: the walk from `model` cannot get past it.
+    no_train = Lookup(all=False, ids=frozenset({"r1"}))
+    with_start = ln.readable_part(graph, "p", EVERYTHING, no_train)
+    assert [n.id for n in with_start.nodes] == ["model"]
+    assert with_start.edges == []
+    # Every run, but not the raw data: the rest stays connected.
+    no_raw = Lookup(all=False, ids=frozenset({"model", "clean"}))
+    part = ln.readable_part(graph, "p", no_raw, EVERYTHING)
+    assert [n.id for n in part.nodes] == ["model", "train", "clean", "load"]
+    assert {(e.step_run_id, e.artifact_version_id) for e in part.edges} == {
+        ("train", "model"),
+        ("train", "clean"),
+        ("load", "clean"),
+    }
+    # A project-wide grant counts as readable; a start the caller may not read is NOT_FOUND.
+    assert (
+        ln.readable_part(graph, "p", Lookup(all=False, project_ids=frozenset({"p"})), EVERYTHING).nodes
+        == nodes
+    )
+    with pytest.raises(NotFound):
+        ln.readable_part(graph, "p", Lookup(all=False, ids=frozenset({"raw"})), EVERYTHING)
