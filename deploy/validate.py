@@ -46,9 +46,11 @@ def workload_problems(obj: dict[str, Any]) -> Iterator[str]:
         if "resources" not in container or "limits" not in container["resources"]:
             yield f"{where}: resources.requests/limits are required"
         if obj["kind"] == "Deployment" and serving:
+            # gRPC services: native grpc probes; the HTTP gateway: httpGet on /readyz and /healthz.
+            kinds = ("grpc", "httpGet")
             for probe in ("readinessProbe", "livenessProbe"):
-                if "grpc" not in container.get(probe, {}):
-                    yield f"{where}: {probe} must be a native grpc probe"
+                if not any(kind in container.get(probe, {}) for kind in kinds):
+                    yield f"{where}: {probe} must be a native grpc probe (httpGet for the gateway)"
     for volume in spec.get("volumes", []):
         if "secret" in volume:
             mode = volume["secret"].get("defaultMode")

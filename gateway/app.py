@@ -18,14 +18,16 @@ from urllib.parse import parse_qsl
 
 import grpc
 from google.protobuf import descriptor
+from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.backends import Backends, NoBackend
+from gateway.backends import Backend, Backends, NoBackend
 from gateway.bindings import Binding, bindings_of, keel_services
+from gateway.edge import backend_timeout, edge_stack
 from gateway.errors import (
     JSON_MEDIA_TYPE,
     REASON_BODY_TOO_LARGE,
@@ -38,10 +40,14 @@ from gateway.errors import (
     make_status,
     status_of_rpc_error,
 )
+from gateway.identity import EdgeIdentity
 from gateway.openapi import build_document, load_comments
 from gateway.routes import Match, MethodNotAllowed, RouteConflict, Router, parse_template
 from gateway.settings import GatewaySettings
+from gateway.streams import respond as respond_sse
+from gateway.streams import served_stream_bindings
 from gateway.transcode import build_request, render_response
+from services.kit.clock import Clock
 from services.kit.context import request_id_var
 from services.kit.interceptors import AUTHORIZATION_KEY, FORWARDED_FOR_KEY, REQUEST_ID_KEY, valid_request_id
 
@@ -170,17 +176,24 @@ class Gateway:
         body = await self._body(request, binding)
         query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         message = build_request(binding, found.values, query, body)
+        metadata = self._metadata(request, request_id)
+        timeout = backend_timeout(request.scope, self.settings)
+
+        async def call(backend: Backend) -> Message:
+            reply: Message = await backend.unary(binding)(message, metadata=metadata, timeout=timeout)
+            return reply
+
         try:
-            backend = await self.backends.channel_for(binding, request)
+            if binding.method.server_streaming:  # Server-Sent Events (gateway/streams.py)
+                heartbeat = self.settings.gateway_sse_heartbeat_seconds
+                return await respond_sse(
+                    self.backends, binding, request, message, metadata, heartbeat, request_id
+                )
+            response = await self.backends.call_with_failover(binding, request, message, call)
         except NoBackend:
             raise GatewayError(
                 grpc.StatusCode.UNAVAILABLE, "no backend serves this method", reason="NO_BACKEND"
             ) from None
-        response = await backend.unary(binding)(
-            message,
-            metadata=self._metadata(request, request_id),
-            timeout=self.settings.gateway_backend_timeout_seconds,
-        )
         return Response(
             render_response(binding, response),
             200,
@@ -236,9 +249,12 @@ def build_gateway(
     services: Sequence[descriptor.ServiceDescriptor] | None = None,
 ) -> Gateway:
     """Everything the app serves with; raises on a broken annotation or a route conflict."""
-    backends = backends if backends is not None else Backends(settings.backend_addresses())
+    backends = backends if backends is not None else Backends.from_settings(settings)
     bindings = served_bindings(backends, services)
-    router = build_router(bindings)
+    streams = served_stream_bindings(
+        backends, services if services is not None else keel_services(backends.packages)
+    )
+    router = build_router([*bindings, *streams])
     document = build_document(bindings, load_comments())
     openapi = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
     return Gateway(settings, backends, router, openapi)
@@ -249,9 +265,11 @@ def create_app(
     *,
     backends: Backends | None = None,
     services: Sequence[descriptor.ServiceDescriptor] | None = None,
+    clock: Clock | None = None,
 ) -> Starlette:
     """The ASGI app; its lifespan closes the backend channels at shutdown."""
     gateway = build_gateway(settings, backends=backends, services=services)
+    identity = EdgeIdentity(settings, clock=clock)  # sessions, API keys, login routes (gateway/identity.py)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -259,16 +277,21 @@ def create_app(
             yield
         finally:
             await gateway.backends.close()
+            await identity.close()
 
     app = Starlette(
         routes=[
             Route(HEALTH_PATH, gateway.healthz, methods=["GET"]),
             Route(READY_PATH, gateway.readyz, methods=["GET"]),
             Route(OPENAPI_PATH, gateway.openapi_document, methods=["GET"]),
+            *identity.routes(),
             Route("/{path:path}", gateway),
         ],
         lifespan=lifespan,
+        middleware=[*edge_stack(settings), identity.middleware()],
     )
+    # Starlette's `path` pattern stops at a newline: such a path gets the JSON 404 too, not a text one.
+    app.router.default = gateway
     app.state.gateway = gateway
     return app
 

@@ -1,29 +1,39 @@
 """Which gRPC channel serves a method for a request, and whether those backends are reachable.
 
-Wave 1 routes by proto package to configured addresses (the control plane:
-keel.authn.v1, keel.rbac.v1, keel.orgs.v1, plus any KEEL_GATEWAY_BACKENDS).
-Workspace packages join later through the orgs registry
-(WorkspaceService.LookupWorkspace keyed by the request's workspace): that is a
-second implementation of `channel_for`, which is why it takes the request and
-is async. Calls are generic: a cached `unary_unary` multicallable per method
-with the binding's serializers, on channels from the kit's `connect` (retry on
-UNAVAILABLE, default deadline).
+Control-plane packages (keel.authn.v1, keel.rbac.v1, keel.orgs.v1, plus any
+KEEL_GATEWAY_BACKENDS) go to configured addresses. Workspace packages
+(keel.metadata.v1) go to the server orgs' registry names for the request's
+`workspace_id` (gateway/workspaces.py), on one channel per endpoint. Calls are
+generic: cached `unary_unary` / `unary_stream` multicallables per method with
+the binding's serializers, on channels from the kit's `connect` (retry on
+UNAVAILABLE and a default deadline for configured backends; no retry for
+workspace servers, whose failover is `call_with_failover`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.bindings import Binding
+from gateway.errors import bad_request
+from gateway.workspaces import WORKSPACE_FIELD, Location, WorkspaceRouter, grpc_target, unreachable
 from services.kit.clients import connect
+from services.kit.status import rich_status_of
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 UnaryCall = Any  # grpc.aio.UnaryUnaryMultiCallable; the stubs make it generic in ways aio does not use
+StreamCall = Any  # grpc.aio.UnaryStreamMultiCallable, likewise
+ORGS_PACKAGE = "keel.orgs.v1"
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +57,19 @@ class Backend:
             self._calls[binding.grpc_path] = call
         return call
 
+    def stream(self, binding: Binding) -> StreamCall:
+        """The (cached) unary-stream multicallable of a server-streaming binding's RPC on this channel."""
+        key = f"stream:{binding.grpc_path}"
+        call = self._calls.get(key)
+        if call is None:
+            call = self.channel.unary_stream(
+                binding.grpc_path,
+                request_serializer=binding.request_class.SerializeToString,
+                response_deserializer=binding.response_class.FromString,
+            )
+            self._calls[key] = call
+        return call
+
 
 class NoBackend(LookupError):
     """No backend is configured for a service."""
@@ -55,10 +78,19 @@ class NoBackend(LookupError):
 class Backends:
     """Backends by proto package: "which channel serves this method for this request"."""
 
-    def __init__(self, addresses: Mapping[str, str]) -> None:
-        """`addresses` maps a proto package (keel.orgs.v1) to the host:port that serves it."""
+    def __init__(
+        self,
+        addresses: Mapping[str, str],
+        *,
+        workspace_packages: Iterable[str] = (),
+        workspace_cache_seconds: float = 30.0,
+    ) -> None:
+        """`addresses` maps a proto package (keel.orgs.v1) to the host:port that serves it;
+        `workspace_packages` are routed per workspace through orgs' registry (a configured address wins)."""
         self._by_address: dict[str, Backend] = {}
         self._by_package: dict[str, Backend] = {}
+        self._workspace_packages = frozenset(workspace_packages) - set(addresses)
+        self._by_endpoint: dict[str, Backend] = {}
         for package, address in addresses.items():
             backend = self._by_address.get(address)
             if backend is None:
@@ -67,21 +99,93 @@ class Backends:
             else:
                 backend.name = f"{backend.name},{package}"
             self._by_package[package] = backend
+        self.workspaces: WorkspaceRouter | None = None
+        if self._workspace_packages:
+            orgs = self._by_package.get(ORGS_PACKAGE)
+            if orgs is None:
+                raise ValueError(f"workspace routing needs a backend for {ORGS_PACKAGE}")
+            self.workspaces = WorkspaceRouter(orgs.channel, cache_seconds=workspace_cache_seconds)
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Backends:
+        """The backends of a gateway's settings: configured addresses and workspace routing."""
+        return cls(
+            settings.backend_addresses(),
+            workspace_packages=settings.workspace_packages(),
+            workspace_cache_seconds=settings.gateway_workspace_cache_seconds,
+        )
 
     @property
     def packages(self) -> frozenset[str]:
         """The proto packages served."""
-        return frozenset(self._by_package)
+        return frozenset(self._by_package) | self._workspace_packages
 
     def serves(self, package: str) -> bool:
         """Whether RPCs of this proto package have a backend."""
-        return package in self._by_package
+        return package in self._by_package or package in self._workspace_packages
 
-    async def channel_for(self, binding: Binding, request: object) -> Backend:
-        """The backend serving `binding`'s RPC for this HTTP request."""
+    def _routed_by_workspace(self, binding: Binding) -> bool:
+        return binding.service.file.package in self._workspace_packages
+
+    async def channel_for(self, binding: Binding, request: object, message: Message | None = None) -> Backend:
+        """The backend serving `binding`'s RPC for this HTTP request (workspace RPCs: and its message)."""
+        if self._routed_by_workspace(binding):
+            location = await self._locate(binding, request, message)
+            return self._endpoint_backend(location.endpoint)
         backend = self._by_package.get(binding.service.file.package)
         if backend is None:
             raise NoBackend(binding.service.full_name)
+        return backend
+
+    async def call_with_failover(
+        self,
+        binding: Binding,
+        request: object,
+        message: Message,
+        attempt: Callable[[Backend], Awaitable[T]],
+    ) -> T:
+        """`attempt(backend)` on the backend serving the call. For a workspace RPC whose server cannot be
+        reached (UNAVAILABLE from the channel, not from the server), the cached endpoint is dropped and the
+        registry asked once more: a new endpoint is tried once, the same one is a 503 naming the workspace."""
+        if not self._routed_by_workspace(binding):
+            return await attempt(await self.channel_for(binding, request, message))
+        location = await self._locate(binding, request, message)
+        try:
+            return await attempt(self._endpoint_backend(location.endpoint))
+        except grpc.aio.AioRpcError as error:
+            if not _connection_failure(error):
+                raise
+        assert self.workspaces is not None
+        fresh = await self.workspaces.refresh(location, _auth_metadata(request))
+        if fresh.endpoint == location.endpoint:
+            raise unreachable(location.workspace_id)
+        try:
+            return await attempt(self._endpoint_backend(fresh.endpoint))
+        except grpc.aio.AioRpcError as error:
+            if _connection_failure(error):
+                raise unreachable(location.workspace_id) from None
+            raise
+
+    async def _locate(self, binding: Binding, request: object, message: Message | None) -> Location:
+        if self.workspaces is None or message is None:
+            raise NoBackend(binding.service.full_name)
+        workspace_id = str(getattr(message, WORKSPACE_FIELD, ""))
+        if not workspace_id:
+            # Without a workspace there is no server to ask, so the gateway names the field itself.
+            raise bad_request(WORKSPACE_FIELD, "is required")
+        return await self.workspaces.locate(workspace_id, _auth_metadata(request))
+
+    def _endpoint_backend(self, endpoint: str) -> Backend:
+        backend = self._by_endpoint.get(endpoint)
+        if backend is None:
+            target, secure = grpc_target(endpoint)
+            channel = (
+                grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+                if secure
+                else connect(target, service_config_retry=False)
+            )
+            backend = Backend(f"workspace server {endpoint}", target, channel)
+            self._by_endpoint[endpoint] = backend
         return backend
 
     async def readiness(self, timeout_seconds: float) -> dict[str, str]:
@@ -92,8 +196,22 @@ class Backends:
 
     async def close(self) -> None:
         """Closes every channel."""
-        for backend in self._by_address.values():
+        for backend in (*self._by_address.values(), *self._by_endpoint.values()):
             await backend.channel.close(None)
+
+
+def _auth_metadata(request: object) -> Sequence[tuple[str, str]]:
+    """The caller's bearer token as call metadata (what the registry lookup is asked with)."""
+    headers = getattr(request, "headers", None)
+    authorization = headers.get("authorization", "") if headers is not None else ""
+    if isinstance(authorization, str) and authorization[:7].lower() == "bearer ":
+        return (("authorization", authorization),)
+    return ()
+
+
+def _connection_failure(error: grpc.aio.AioRpcError) -> bool:
+    """UNAVAILABLE raised by the channel (no server's status in the trailers): the server is not reachable."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and rich_status_of(error) is None
 
 
 async def _health(backend: Backend, timeout_seconds: float) -> str:

@@ -79,8 +79,12 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     servers: list[GatewayServer] = []
     clients: list[httpx.AsyncClient] = []
 
-    async def start(addresses: dict[str, str], **settings: Any) -> httpx.AsyncClient:
-        app = create_app(GatewaySettings(**settings), backends=Backends(addresses))
+    async def start(
+        addresses: dict[str, str], *, workspace_packages: tuple[str, ...] = (), **settings: Any
+    ) -> httpx.AsyncClient:
+        # workspace_packages: routed per workspace through orgs' registry (gateway/workspaces.py).
+        backends = Backends(addresses, workspace_packages=workspace_packages)
+        app = create_app(GatewaySettings(**settings), backends=backends)
         server = GatewayServer(app, "127.0.0.1", 0)
         port = await server.start()
         servers.append(server)

@@ -85,7 +85,9 @@ async def test_the_control_plane_document_lists_every_annotated_rpc_with_its_rul
         await gateway.backends.close()
     validate(document)
     operations = _operations(document)
-    assert {operation["x-keel-rpc"] for operation in operations} == _annotated_unary_rpcs(CONTROL_PLANE)
+    # By default the workspace server's RPCs are served too (routed through orgs' registry).
+    served = _annotated_unary_rpcs((*CONTROL_PLANE, "keel.metadata.v1"))
+    assert {operation["x-keel-rpc"] for operation in operations} == served
     for operation in operations:
         assert "**Authorization:**" in operation["description"], operation["operationId"]
         assert operation["summary"], operation["operationId"]

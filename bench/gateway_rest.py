@@ -1,0 +1,338 @@
+"""GetRun over REST (through the gateway) against the same call over gRPC directly, in one run.
+
+Processes (so that the client, the gateway and the servers do not share one event loop):
+- this process: authn, RBAC, orgs and a registered metadata server on PostgreSQL (the tests'
+  fixtures, as bench/list_runs.py starts them); a project seeded with 10 runs;
+- the gateway: `python -m gateway serve` in front of that control plane (the metadata server is
+  found through orgs' workspace registry), rate limits off, logging at the default level
+  (access logs included);
+- the client: this script with `client`, a separate process measuring
+  1. latency: --calls sequential GetRun over REST (httpx, keep-alive) and over gRPC (grpc.aio),
+     alternating per round; p50/p99 of each and the p50 ratio (target ≤ 1.5);
+  2. REST throughput for --duration seconds with --connections keep-alive connections: `wrk`
+     when installed (the token in a 0600 Lua script, never on a command line), else a bounded
+     httpx loop; target ≥ 2,000 requests/s.
+The caller is the organization owner (real RBAC, cached permission answers).
+
+    python bench/gateway_rest.py --calls 2000 --rounds 3 --connections 32 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc
+import httpx
+
+from keel.metadata.v1 import runs_pb2, runs_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _quantiles(latencies: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(latencies, n=100)
+    return {"p50": cuts[49] * 1000, "p99": cuts[98] * 1000}
+
+
+async def _rest_latency(client: httpx.AsyncClient, path: str, calls: int) -> dict[str, float]:
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        answer = await client.get(path)
+        latencies.append(time.perf_counter() - start)
+        if answer.status_code != 200:
+            raise RuntimeError(f"REST GetRun answered {answer.status_code}: {answer.text[:200]}")
+    return _quantiles(latencies)
+
+
+async def _grpc_latency(
+    stub: runs_pb2_grpc.RunServiceAsyncStub, request: runs_pb2.GetRunRequest, token: str, calls: int
+) -> dict[str, float]:
+    metadata = (("authorization", f"Bearer {token}"),)
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await stub.GetRun(request, metadata=metadata)
+        latencies.append(time.perf_counter() - start)
+    return _quantiles(latencies)
+
+
+def _wrk(url: str, token: str, connections: int, duration: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as directory:
+        script = Path(directory) / "auth.lua"
+        descriptor = os.open(script, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(f'wrk.headers["authorization"] = "Bearer {token}"\n')
+        threads = min(connections, 2)
+        command = [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = re.search(r"Requests/sec:\s+([0-9.]+)", output)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+([0-9]+)", output)
+    p50 = re.search(r"50%\s+([0-9.]+)(us|ms|s)", output)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "tool": f"wrk -t{threads} -c{connections} -d{duration}s",
+        "requests_per_second": float(rate.group(1)) if rate else 0.0,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else None,
+    }
+
+
+async def _httpx_load(
+    base_url: str, path: str, token: str, connections: int, duration: int
+) -> dict[str, Any]:
+    done = 0
+    failed = 0
+    stop_at = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal done, failed
+            while time.monotonic() < stop_at:
+                answer = await client.get(path)
+                done += 1
+                failed += answer.status_code != 200
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.monotonic() - started
+    return {
+        "tool": f"httpx, {connections} concurrent clients, {duration} s",
+        "requests_per_second": done / elapsed,
+        "non_2xx": failed,
+        "p50_ms": None,
+    }
+
+
+async def _grpc_load(
+    stub: runs_pb2_grpc.RunServiceAsyncStub,
+    request: runs_pb2.GetRunRequest,
+    token: str,
+    connections: int,
+    duration: int,
+) -> dict[str, Any]:
+    """The backend's own ceiling for reference: concurrent GetRun over gRPC from one Python process."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    done = 0
+    stop_at = time.monotonic() + duration
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < stop_at:
+            await stub.GetRun(request, metadata=metadata)
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return {"requests_per_second": done / (time.monotonic() - started)}
+
+
+async def client_main(args: argparse.Namespace) -> None:
+    """The measuring process: reads its target from a JSON file, prints the results as JSON."""
+    target = json.loads(await asyncio.to_thread(Path(args.target).read_text))
+    token = target["token"]
+    request = runs_pb2.GetRunRequest(
+        workspace_id=target["workspace_id"], project_id=target["project_id"], run_id=target["run_id"]
+    )
+    path = f"/v1/workspaces/{request.workspace_id}/projects/{request.project_id}/runs/{request.run_id}"
+    channel = grpc.aio.insecure_channel(target["grpc_address"])
+    stub = runs_pb2_grpc.RunServiceStub(channel)
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=target["rest_url"], headers=headers) as rest:
+        # Warm-up: connections, the gateway's workspace cache, RBAC's and the verifier's caches.
+        await _rest_latency(rest, path, 200)
+        await _grpc_latency(stub, request, token, 200)
+        rounds = []
+        for _ in range(args.rounds):
+            rounds.append(
+                {
+                    "rest": await _rest_latency(rest, path, args.calls),
+                    "grpc": await _grpc_latency(stub, request, token, args.calls),
+                }
+            )
+    sequential = None
+    if shutil.which("wrk"):
+        # The same sequential REST calls from a C client: the gateway without httpx's own cost.
+        sequential = _wrk(target["rest_url"] + path, token, 1, args.duration)
+        load = _wrk(target["rest_url"] + path, token, args.connections, args.duration)
+    else:
+        load = await _httpx_load(target["rest_url"], path, token, args.connections, args.duration)
+    direct = await _grpc_load(stub, request, token, args.connections, args.duration)
+    await channel.close(None)
+    print(json.dumps({"rounds": rounds, "load": load, "grpc_load": direct, "sequential": sequential}))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise RuntimeError("the gateway exited at start-up")
+            try:
+                if (await client.get(url + "/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the gateway did not become ready")
+
+
+async def main(args: argparse.Namespace) -> None:
+    from list_runs import fresh_token, running_stack
+
+    from services.metadata import seeding
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min) at start")
+    with tempfile.TemporaryDirectory() as directory:
+        async with running_stack(Path(directory)) as stack:
+            project = await stack.project()
+            start = stack.clock.now() - timedelta(hours=1)
+            await seeding.seed_project(
+                stack.service.domain.engine, project.id, "bench-stack", runs_count=10, start=start
+            )
+            owner = await fresh_token(stack, stack.owner)
+            runs = runs_pb2_grpc.RunServiceStub(stack.channel)
+            listed = await runs.ListRuns(
+                runs_pb2.ListRunsRequest(workspace_id=stack.workspace_id, project_id=project.id, page_size=1),
+                metadata=owner.metadata,
+            )
+            port = _free_port()
+            env = {
+                **os.environ,
+                "KEEL_LISTEN_ADDRESS": f"127.0.0.1:{port}",
+                "KEEL_AUTHN_ADDRESS": stack.orgs.authn_address,
+                "KEEL_RBAC_ADDRESS": stack.orgs.rbac_address,
+                "KEEL_ORGS_ADDRESS": stack.orgs.orgs_address,
+                "KEEL_GATEWAY_RATE_LIMIT_ADDRESS_PER_SECOND": "0",
+                "KEEL_GATEWAY_RATE_LIMIT_PRINCIPAL_PER_SECOND": "0",
+                "KEEL_LOG_LEVEL": args.gateway_log_level,
+            }
+            log = Path(directory) / "gateway.log"
+            with log.open("wb") as gateway_log:
+                gateway = subprocess.Popen(  # noqa: ASYNC220  (started once, before anything is measured)
+                    [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, stderr=gateway_log
+                )
+                try:
+                    await _wait_ready(f"http://127.0.0.1:{port}", gateway)
+                    target = Path(directory) / "target.json"
+                    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+                    with os.fdopen(descriptor, "w") as handle:
+                        json.dump(
+                            {
+                                "token": owner.token,
+                                "workspace_id": stack.workspace_id,
+                                "project_id": project.id,
+                                "run_id": listed.runs[0].id,
+                                "grpc_address": stack.address,
+                                "rest_url": f"http://127.0.0.1:{port}",
+                            },
+                            handle,
+                        )
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "client",
+                        "--target",
+                        str(target),
+                        f"--calls={args.calls}",
+                        f"--rounds={args.rounds}",
+                        f"--connections={args.connections}",
+                        f"--duration={args.duration}",
+                    ]
+                    measured = await asyncio.to_thread(
+                        subprocess.run, command, capture_output=True, text=True, check=True
+                    )
+                finally:
+                    gateway.terminate()
+                    gateway.wait(timeout=30)
+    results = json.loads(measured.stdout)
+    _report(results, args)
+
+
+def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\nGetRun, {args.calls} sequential calls per round, {args.rounds} rounds")
+    print("| round | REST p50 | REST p99 | gRPC p50 | gRPC p99 | p50 ratio |")
+    print("|---|---|---|---|---|---|")
+    ratios = []
+    for number, measured in enumerate(results["rounds"], 1):
+        rest, direct = measured["rest"], measured["grpc"]
+        ratios.append(rest["p50"] / direct["p50"])
+        print(
+            f"| {number} | {rest['p50']:.2f} ms | {rest['p99']:.2f} ms | {direct['p50']:.2f} ms "
+            f"| {direct['p99']:.2f} ms | {ratios[-1]:.2f} |"
+        )
+    print(f"median p50 ratio: {statistics.median(ratios):.2f} (target ≤ 1.5)")
+    sequential = results.get("sequential")
+    if sequential is not None:
+        grpc_p50 = statistics.median(measured["grpc"]["p50"] for measured in results["rounds"])
+        print(
+            f"REST p50 from a C client ({sequential['tool']}): {sequential['p50_ms']:.2f} ms, "
+            f"{sequential['requests_per_second']:,.0f} requests/s; ratio to the gRPC p50: "
+            f"{sequential['p50_ms'] / grpc_p50:.2f}"
+        )
+    load = results["load"]
+    p50 = f", p50 {load['p50_ms']:.2f} ms" if load["p50_ms"] is not None else ""
+    print(
+        f"REST throughput ({load['tool']}): {load['requests_per_second']:,.0f} requests/s{p50}, "
+        f"{load['non_2xx']} non-2xx (target ≥ 2,000/s)"
+    )
+    print(
+        f"gRPC throughput (direct, {args.connections} concurrent calls from Python): "
+        f"{results['grpc_load']['requests_per_second']:,.0f} requests/s"
+    )
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", nargs="?", choices=["run", "client"], default="run")
+    parser.add_argument("--target", help="(client) the JSON file naming what to call")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument(
+        "--gateway-log-level", default="INFO", help="INFO writes an access log line per request"
+    )
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = _arguments()
+    asyncio.run(client_main(arguments) if arguments.mode == "client" else main(arguments))
