@@ -23,9 +23,13 @@ come from the same machine state):
             (RUNNING, outputs, COMPLETED) — an orchestrator reporting as each step ends
     run      2 calls: CreateRun, then one RecordRunCallbacks with the 30 callbacks
 
+With --replicas N, N metadata server processes serve the same database
+(the service is stateless) and the recorders are spread over them.
+
 Figures: runs/s over --seconds of recording after a warm-up, median of
---rounds rounds, with call p50/p99; ceiling = GetProject calls/s with the same
-concurrency.
+--rounds rounds, with call p50/p99 and the servers' CPU time per recorded run
+(from /proc, so a busy machine changes it little); ceiling = GetProject
+calls/s with the same concurrency.
 
     python bench/record_runs.py --database postgresql --recorders 16 --seconds 15 --rounds 3
 """
@@ -41,7 +45,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -329,6 +333,9 @@ async def main() -> None:
     parser.add_argument(
         "--modes", default="single,step,run", help="comma-separated: single, step, run (see the docstring)"
     )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="metadata server processes on one database (recorders spread)"
+    )
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp())
     async with database_urls(args.database, data_dir) as urls, control_plane(urls, data_dir) as orgs:
@@ -336,25 +343,37 @@ async def main() -> None:
         organization = await orgs.organization(owner)
         workspace_id, credential = await create_workspace(orgs, organization.id, owner)
         credential_file = write_secret_file(data_dir / "workspace-credential", credential)
-        async with metadata_process(
-            orgs, urls["metadata"], credential_file, data_dir / "metadata", args.profile
-        ) as server:
-            channel = server.channel
+        async with AsyncExitStack() as stack:
+            servers = [
+                await stack.enter_async_context(
+                    metadata_process(
+                        orgs, urls["metadata"], credential_file, data_dir / f"metadata-{i}", args.profile
+                    )
+                )
+                for i in range(args.replicas)
+            ]
+            channel = servers[0].channel
             project_id, snapshot_id = await bench_pipeline(channel, owner, workspace_id, urls["metadata"])
+            # Stateless replicas: each recorder talks to one of them, spread evenly.
             recorders = [
-                Recorder(channel, owner, workspace_id, project_id, snapshot_id) for _ in range(args.recorders)
+                Recorder(servers[i % len(servers)].channel, owner, workspace_id, project_id, snapshot_id)
+                for i in range(args.recorders)
             ]
             top = await ceiling(channel, owner, workspace_id, project_id, args.recorders)
-            print(f"{args.database}, {args.recorders} recorders; ceiling GetProject {top:.0f} calls/s")
+            print(
+                f"{args.database}, {args.recorders} recorders, {args.replicas} server(s); "
+                f"ceiling GetProject {top:.0f} calls/s (one server)"
+            )
             modes = args.modes.split(",")
             await record_for(recorders, modes[0], 3)  # warm-up (creates the 10 artifacts)
             for mode in modes:
                 rounds, cpu_per_run = [], []
                 for _ in range(args.rounds):
-                    cpu = server.cpu_seconds()
+                    cpu = sum(server.cpu_seconds() for server in servers)
                     rate, latencies, runs = await record_for(recorders, mode, args.seconds)
                     rounds.append((rate, latencies))
-                    cpu_per_run.append((server.cpu_seconds() - cpu) / max(runs, 1) * 1000)
+                    used = sum(server.cpu_seconds() for server in servers) - cpu
+                    cpu_per_run.append(used / max(runs, 1) * 1000)
                 rates = [rate for rate, _ in rounds]
                 median_round = sorted(rounds)[len(rounds) // 2][1]
                 cuts = statistics.quantiles(median_round, n=100)
