@@ -21,12 +21,11 @@ from typing import Any
 
 from services.kit.clock import Clock
 from services.kit.errors import AlreadyExists, InvalidArgument, NotFound
-from services.kit.idempotency import recall, remember
 from services.metadata import annotation_store as st
 from services.metadata.annotation_store import Entry, LogPointerRecord
 from services.metadata.artifacts import check_uri
 from services.metadata.pipelines import check_id
-from services.metadata.store import MetadataStore, idempotency
+from services.metadata.store import MetadataStore, RequestKey
 
 METADATA_TARGETS = st.METADATA_KINDS
 TAG_TARGETS = tuple(st.TARGET_TABLES)
@@ -116,27 +115,16 @@ class Annotations:
             raise InvalidArgument("entries", "keys must be distinct")
         method = f"PutMetadata/{project_id}/{target.kind}/{target.id}"
         async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    keys = set(json.loads(known))
-                    stored, _ = await st.list_entries(tx.conn, project_id, target.kind, target.id, 500, "")
-                    return [entry for entry in stored if entry.key in keys]
+            request_key = RequestKey(method, principal, request_id)
+            known = await request_key.recall(tx.conn)
+            if known is not None:
+                keys = set(json.loads(known))
+                stored, _ = await st.list_entries(tx.conn, project_id, target.kind, target.id, 500, "")
+                return [entry for entry in stored if entry.key in keys]
             await self._require(tx.conn, project_id, target)
             now = self._clock.now()
             written = await st.put_entries(tx.conn, project_id, target.kind, target.id, checked, now)
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=json.dumps([key for key, _, _ in checked]).encode(),
-                    now=now,
-                )
+            await request_key.remember(tx.conn, json.dumps([key for key, _, _ in checked]).encode(), now)
         return written
 
     async def list_metadata(
@@ -191,18 +179,14 @@ class Annotations:
             raise InvalidArgument("log_pointer.label", "must be at most 100 characters")
         method = f"CreateLogPointer/{project_id}"
         async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    pointers, _ = await st.list_log_pointers(
-                        tx.conn, project_id, target.kind, target.id, 500, ""
-                    )
-                    for pointer in pointers:
-                        if pointer.id == known.decode():
-                            return pointer
-                    raise NotFound("log pointer not found")
+            key = RequestKey(method, principal, request_id)
+            known = await key.recall(tx.conn)
+            if known is not None:
+                pointers, _ = await st.list_log_pointers(tx.conn, project_id, target.kind, target.id, 500, "")
+                for pointer in pointers:
+                    if pointer.id == known.decode():
+                        return pointer
+                raise NotFound("log pointer not found")
             await self._require(tx.conn, project_id, target)
             now = self._clock.now()
             record = LogPointerRecord(self._new_id(), project_id, target.kind, target.id, uri, label, now)
@@ -210,16 +194,7 @@ class Annotations:
                 await st.insert_log_pointer(tx.conn, record)
             except st.PointerTaken:
                 raise AlreadyExists("the target already has this log pointer") from None
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=now,
-                )
+            await key.remember(tx.conn, record.id.encode(), now)
         return record
 
     async def list_log_pointers(

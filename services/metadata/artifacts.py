@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.kit.clock import Clock
 from services.kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.kit.fieldmask import check_etag
-from services.kit.idempotency import recall, remember
 from services.kit.rbac_lookup import Lookup
 from services.metadata import annotation_store as ans
 from services.metadata import artifact_store as st
+from services.metadata import validation
 from services.metadata.artifact_store import (
     ArtifactRecord,
     LinkRecord,
@@ -34,9 +34,9 @@ from services.metadata.artifact_store import (
     VersionInput,
     VersionRecord,
 )
-from services.metadata.pipelines import check_description, check_id, check_name, require_project
+from services.metadata.pipelines import check_id, require_project
 from services.metadata.run_store import step_runs
-from services.metadata.store import MetadataStore, idempotency, register_project_content_check
+from services.metadata.store import MetadataStore, RequestKey, register_project_content_check
 
 UPDATABLE = ("type", "description")
 MAX_LINKS = 100
@@ -90,7 +90,7 @@ class StepOutput:
 def check_output(output: StepOutput, field: str) -> None:
     """INVALID_ARGUMENT naming the first bad field of a step output."""
     _check_link_name(output.name, f"{field}.name")
-    check_name(output.artifact_name, f"{field}.artifact_name")
+    validation.name(output.artifact_name, f"{field}.artifact_name")
     check_version_input(output.version, f"{field}.artifact_version")
 
 
@@ -133,17 +133,15 @@ class Artifacts:
     ) -> tuple[ArtifactRecord, bool]:
         """The new artifact and whether it was created now (False: a retry of `request_id`)."""
         check_id(project_id, "project_id")
-        check_name(name, "artifact.name")
+        validation.name(name, "artifact.name")
         _check_text(type_, "artifact.type", 100)
-        check_description(description, "artifact.description")
+        validation.description(description, "artifact.description")
         method = f"CreateArtifact/{project_id}"
         async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    return await self._artifact(tx.conn, project_id, known.decode()), False
+            key = RequestKey(method, principal, request_id)
+            known = await key.recall(tx.conn)
+            if known is not None:
+                return await self._artifact(tx.conn, project_id, known.decode()), False
             await require_project(tx.conn, project_id)
             now = self._clock.now()
             record = ArtifactRecord(self._new_id(), project_id, name, type_, description, 0, now, now, 1)
@@ -151,16 +149,7 @@ class Artifacts:
                 await st.insert_artifact(tx.conn, record)
             except st.NameTaken:
                 raise AlreadyExists(f"an artifact named {name!r} exists in the project") from None
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=now,
-                )
+            await key.remember(tx.conn, record.id.encode(), now)
         return record, True
 
     async def get_artifact(self, project_id: str, artifact_id: str) -> ArtifactRecord:
@@ -184,7 +173,7 @@ class Artifacts:
         if "type" in values:
             _check_text(values["type"], "artifact.type", 100)
         if "description" in values:
-            check_description(values["description"], "artifact.description")
+            validation.description(values["description"], "artifact.description")
         async with self._store.transaction() as tx:
             current = await self._artifact(tx.conn, project_id, artifact_id)
             check_etag(supplied_etag, current.version)
@@ -224,23 +213,12 @@ class Artifacts:
         check_version_input(version, "artifact_version")
         method = f"CreateArtifactVersion/{project_id}/{artifact_id}"
         async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    return await self._version(tx.conn, project_id, known.decode()), False
+            key = RequestKey(method, principal, request_id)
+            known = await key.recall(tx.conn)
+            if known is not None:
+                return await self._version(tx.conn, project_id, known.decode()), False
             record = await self._new_version(tx.conn, project_id, artifact_id, version, "", "")
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=record.create_time,
-                )
+            await key.remember(tx.conn, record.id.encode(), record.create_time)
         return record, True
 
     async def get_version(self, project_id: str, artifact_id: str, version_id: str) -> VersionRecord:
@@ -305,24 +283,10 @@ class Artifacts:
                 await st.record_links(tx.conn, project_id, links)
             except st.LinkConflict as error:
                 raise AlreadyExists(str(error), reason="STEP_INPUT_RECORDED") from None
-            if request_id:
-                # Inputs are idempotent by name already; the key only guards a reused request_id.
-                method = f"RecordStepInputs/{project_id}/{step_run_id}"
-                if (
-                    await recall(
-                        tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                    )
-                    is None
-                ):
-                    await remember(
-                        tx.conn,
-                        idempotency,
-                        method=method,
-                        principal=principal,
-                        request_id=request_id,
-                        response=b"recorded",
-                        now=now,
-                    )
+            # Inputs are idempotent by name already; the key only guards a reused request_id.
+            key = RequestKey(f"RecordStepInputs/{project_id}/{step_run_id}", principal, request_id)
+            if await key.recall(tx.conn) is None:
+                await key.remember(tx.conn, b"recorded", now)
         return links
 
     async def record_outputs(
@@ -345,14 +309,12 @@ class Artifacts:
             raise InvalidArgument("outputs", "output names must be distinct")
         method = f"RecordStepOutputs/{project_id}/{step_run_id}"
         async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    ids = known.decode().split(",")
-                    by_id = {v.id: v for v in await st.get_versions(tx.conn, project_id, ids)}
-                    return RecordedOutputs([by_id[i] for i in ids if i in by_id], [], [])
+            key = RequestKey(method, principal, request_id)
+            known = await key.recall(tx.conn)
+            if known is not None:
+                ids = known.decode().split(",")
+                by_id = {v.id: v for v in await st.get_versions(tx.conn, project_id, ids)}
+                return RecordedOutputs([by_id[i] for i in ids if i in by_id], [], [])
             run_id = await run_of_step(tx.conn, project_id, step_run_id)
             recorded = {
                 link.name: link
@@ -389,16 +351,7 @@ class Artifacts:
                     raise AlreadyExists(str(error), reason="STEP_OUTPUT_RECORDED") from None
                 result.versions.append(version)
                 result.new_version_ids.append(version.id)
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=",".join(v.id for v in result.versions).encode(),
-                    now=self._clock.now(),
-                )
+            await key.remember(tx.conn, ",".join(v.id for v in result.versions).encode(), self._clock.now())
         return result
 
     async def list_step_links(

@@ -19,14 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.kit import errors
 from services.kit.clock import Clock
 from services.kit.context import Principal
-from services.kit.idempotency import recall, remember, validate_request_id
+from services.kit.idempotency import validate_request_id
 from services.kit.rbac_client import RbacPermissionChecker
 from services.kit.rbac_lookup import RbacLookup
 from services.metadata.identity import ServedWorkspace
 from services.metadata.ownership import Ownership
 from services.metadata.rows import Conflict, InUse
 from services.metadata.settings import MetadataSettings
-from services.metadata.store import MetadataStore, idempotency
+from services.metadata.store import MetadataStore, RequestKey
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +75,14 @@ async def create_owned(
 ) -> Created:
     """Creates a resource the caller owns; a retry with the same request id returns the first one."""
     validate_request_id(request_id)
-    key = principal_key(principal)
+    key = RequestKey(method, principal_key(principal), request_id)
     async with domain.store.transaction() as tx:
-        if request_id:
-            known = await recall(tx.conn, idempotency, method=method, principal=key, request_id=request_id)
-            if known is not None:
-                first = await fetch(tx.conn, known.decode())
-                if first is None:
-                    raise errors.NotFound(f"the {what} this request created was deleted since")
-                return first
+        known = await key.recall(tx.conn)
+        if known is not None:
+            first = await fetch(tx.conn, known.decode())
+            if first is None:
+                raise errors.NotFound(f"the {what} this request created was deleted since")
+            return first
         if precheck is not None:
             await precheck(tx.conn)
     # Ownership first: if it fails nothing exists; if the insert then fails, it is forgotten.
@@ -91,16 +90,7 @@ async def create_owned(
     try:
         async with domain.store.transaction() as tx:
             await write(tx.conn)
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=key,
-                    request_id=request_id,
-                    response=resource_id.encode(),
-                    now=domain.clock.now(),
-                )
+            await key.remember(tx.conn, resource_id.encode(), domain.clock.now())
             created = await fetch(tx.conn, resource_id)
     except BaseException as error:
         if recorded:

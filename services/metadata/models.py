@@ -26,17 +26,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.kit.context import Principal
 from services.kit.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from services.kit.fieldmask import check_etag
-from services.kit.idempotency import recall, remember
 from services.kit.rbac_lookup import Lookup
 from services.metadata import annotation_store as ans
 from services.metadata import artifact_store as ast
 from services.metadata import model_store as st
+from services.metadata import validation
 from services.metadata.artifact_store import ListQuery
 from services.metadata.domain import MetadataDomain, create_owned
 from services.metadata.model_store import LinkRecord, ModelRecord, ModelVersionRecord
-from services.metadata.pipelines import check_description, check_id, check_name, require_project
+from services.metadata.pipelines import check_id, require_project
 from services.metadata.run_store import runs
-from services.metadata.store import idempotency, register_project_content_check
+from services.metadata.store import RequestKey, register_project_content_check
 
 UPDATABLE = ("description",)
 # What UpdateModelVersion may change: the stage moves only by promotion, the number never.
@@ -70,8 +70,8 @@ class Models:
     ) -> ModelRecord:
         """A new model the caller owns; a retry with `request_id` returns the first one."""
         check_id(project_id, "project_id")
-        check_name(name, "model.name")
-        check_description(description, "model.description")
+        validation.name(name, "model.name")
+        validation.description(description, "model.description")
         model_id = self._new_id()
 
         async def precheck(conn: AsyncConnection) -> None:
@@ -120,7 +120,7 @@ class Models:
     ) -> ModelRecord:
         """Writes the description (already masked); ABORTED on a stale etag."""
         if "description" in values:
-            check_description(values["description"], "model.description")
+            validation.description(values["description"], "model.description")
         async with self._store.transaction() as tx:
             current = await self._model(tx.conn, project_id, model_id)
             check_etag(supplied_etag, current.version)
@@ -153,7 +153,7 @@ class Models:
         """A new version (stage NONE) numbered atomically, owned by the caller; a retry returns the first."""
         check_id(project_id, "project_id")
         check_id(model_id, "model_id")
-        check_description(description, "model_version.description")
+        validation.description(description, "model_version.description")
         version_id = self._new_id()
 
         async def precheck(conn: AsyncConnection) -> None:
@@ -208,7 +208,7 @@ class Models:
         check_id(model_id, "model_id")
         check_id(version_id, "model_version.id")
         if "description" in values:
-            check_description(values["description"], "model_version.description")
+            validation.description(values["description"], "model_version.description")
         async with self._store.transaction() as tx:
             current = await self._version(tx.conn, project_id, model_id, version_id)
             check_etag(supplied_etag, current.version)
@@ -279,12 +279,10 @@ class Models:
             raise InvalidArgument("link.name", "must be at most 100 characters")
         method = f"CreateModelVersionLink/{project_id}/{version_id}"
         async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    return await self._link(tx.conn, project_id, version_id, known.decode())
+            key = RequestKey(method, principal, request_id)
+            known = await key.recall(tx.conn)
+            if known is not None:
+                return await self._link(tx.conn, project_id, version_id, known.decode())
             await self._version(tx.conn, project_id, model_id, version_id)
             if not await self._target_exists(tx.conn, project_id, target_kind, target_id):
                 raise NotFound(f"{target_kind.replace('_', ' ')} not found")
@@ -296,16 +294,7 @@ class Models:
                 await st.insert_link(tx.conn, record)
             except st.LinkTaken:
                 raise AlreadyExists("the model version already has this link") from None
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=record.id.encode(),
-                    now=now,
-                )
+            await key.remember(tx.conn, record.id.encode(), now)
         return record
 
     async def list_links(

@@ -12,7 +12,6 @@ pipeline's snapshots (unused by then) go with it. Creates go through
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,9 +25,10 @@ from services.kit.fieldmask import check_etag
 from services.kit.rbac_lookup import Lookup
 from services.metadata import pipeline_store as ps
 from services.metadata import run_store as rs
+from services.metadata import validation
 from services.metadata.domain import MetadataDomain, create_owned
 from services.metadata.pipeline_store import PipelineRecord, SnapshotRecord
-from services.metadata.snapshots import MAX_DESCRIPTION, SnapshotInput, validate_snapshot
+from services.metadata.snapshots import SnapshotInput, validate_snapshot
 from services.metadata.store import (
     code_repositories,
     projects,
@@ -36,26 +36,9 @@ from services.metadata.store import (
     stacks,
 )
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9\-_.]{0,99}")
 UPDATABLE = ("name", "description")
 
 register_project_content_check(ps.project_has_pipelines)
-
-
-def check_name(value: str, field: str) -> str:
-    """A resource name: [a-z0-9][a-z0-9-_.]{0,99}."""
-    if not value:
-        raise InvalidArgument(field, "is required")
-    if not _NAME.fullmatch(value):
-        raise InvalidArgument(field, "must match [a-z0-9][a-z0-9-_.]{0,99}")
-    return value
-
-
-def check_description(value: str, field: str) -> str:
-    """Free text of at most 1,000 characters."""
-    if len(value) > MAX_DESCRIPTION:
-        raise InvalidArgument(field, f"must be at most {MAX_DESCRIPTION} characters")
-    return value
 
 
 def check_id(value: str, field: str) -> str:
@@ -87,8 +70,8 @@ class Pipelines:
     ) -> PipelineRecord:
         """A new pipeline the caller owns; a retry with `request_id` returns the first one."""
         project_id = check_id(project_id, "project_id")
-        name = check_name(name, "pipeline.name")
-        description = check_description(description, "pipeline.description")
+        name = validation.name(name, "pipeline.name")
+        description = validation.description(description, "pipeline.description")
         pipeline_id = self._new_id()
 
         async def precheck(conn: AsyncConnection) -> None:
@@ -153,9 +136,9 @@ class Pipelines:
         """Writes the masked fields (name, description); ABORTED on a stale etag."""
         checked: dict[str, Any] = {}
         if "name" in values:
-            checked["name"] = check_name(values["name"], "pipeline.name")
+            checked["name"] = validation.name(values["name"], "pipeline.name")
         if "description" in values:
-            checked["description"] = check_description(values["description"], "pipeline.description")
+            checked["description"] = validation.description(values["description"], "pipeline.description")
         async with self._store.transaction() as tx:
             current = await _pipeline_or_not_found(tx.conn, project_id, pipeline_id, for_update=True)
             check_etag(etag, current.version)

@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.clock import Clock
 from services.kit.errors import AlreadyExists, InvalidArgument, NotFound
-from services.kit.idempotency import recall, remember
 from services.metadata import artifact_store as st
 from services.metadata import run_changes as rc
 from services.metadata import run_states as states
@@ -48,7 +47,7 @@ from services.metadata.runs import (
     run_transition,
     step_transition,
 )
-from services.metadata.store import MetadataStore, idempotency
+from services.metadata.store import MetadataStore, RequestKey
 
 MAX_CALLBACKS = 1000
 
@@ -276,10 +275,10 @@ class RunCallbacks:
         """Applies the callbacks in order (all or nothing); a retry of `request_id` gets the first answer."""
         validate(callbacks)
         check_request_id(request_id)
-        key = {"method": f"RecordRunCallbacks/{run_id}", "principal": principal, "request_id": request_id}
+        key = RequestKey(f"RecordRunCallbacks/{run_id}", principal, request_id)
         async with self._store.transaction() as tx:
             run = await run_or_not_found(tx.conn, project_id, run_id, for_update=True)
-            first = await recall(tx.conn, idempotency, **key)
+            first = await key.recall(tx.conn)
             if first is not None:
                 return await _replayed(tx.conn, project_id, run, first)
             now = self._clock.now()
@@ -305,7 +304,7 @@ class RunCallbacks:
                 "applied": [result.applied for result in results],
                 "versions": [[version_id for *_, version_id in planned.of(result)] for result in results],
             }
-            await remember(tx.conn, idempotency, **key, response=json.dumps(response).encode(), now=now)
+            await key.remember(tx.conn, json.dumps(response).encode(), now)
             # The shared rows last, so their locks are held briefly: the artifacts' version
             # counters (every run of a pipeline bumps the same ones), then the change log's.
             await self._write_versions(tx.conn, project_id, run_id, planned, batch, now)

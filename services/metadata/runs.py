@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.clock import Clock
 from services.kit.errors import InvalidArgument, NotFound
-from services.kit.idempotency import recall, remember, validate_request_id
+from services.kit.idempotency import validate_request_id
 from services.kit.rbac_lookup import Lookup
 from services.metadata import artifact_store
 from services.metadata import pipeline_store as ps
@@ -37,7 +37,7 @@ from services.metadata import run_states as states
 from services.metadata import run_store as rs
 from services.metadata.pipelines import check_id
 from services.metadata.run_store import RunRecord, StepRunRecord
-from services.metadata.store import MetadataStore, idempotency
+from services.metadata.store import MetadataStore, RequestKey
 
 MAX_REASON = 1000
 MAX_ORCHESTRATOR_RUN_ID = 256
@@ -142,12 +142,10 @@ class Runs:
         validate_request_id(request_id)
         method = f"CreateRun/{project_id}"
         async with self._store.transaction() as tx:
-            if request_id:
-                known = await recall(
-                    tx.conn, idempotency, method=method, principal=principal, request_id=request_id
-                )
-                if known is not None:
-                    return await run_or_not_found(tx.conn, project_id, known.decode()), False
+            key = RequestKey(method, principal, request_id)
+            known = await key.recall(tx.conn)
+            if known is not None:
+                return await run_or_not_found(tx.conn, project_id, known.decode()), False
             snapshot = await ps.get_snapshot(tx.conn, project_id, snapshot_id, for_share=True)
             if snapshot is None:
                 raise NotFound("snapshot not found")
@@ -193,16 +191,7 @@ class Runs:
                 for position, step in enumerate(snapshot.steps)
             ]
             await rs.insert_run(tx.conn, run, steps)
-            if request_id:
-                await remember(
-                    tx.conn,
-                    idempotency,
-                    method=method,
-                    principal=principal,
-                    request_id=request_id,
-                    response=run.id.encode(),
-                    now=now,
-                )
+            await key.remember(tx.conn, run.id.encode(), now)
             changes = rc.ChangeBatch()
             changes.run(run)
             last = await changes.record(tx.conn, now)
@@ -293,10 +282,10 @@ class Runs:
                 "orchestrator_run_id", f"must be at most {MAX_ORCHESTRATOR_RUN_ID} characters"
             )
         check_request_id(request_id)
-        key = {"method": f"UpdateRunStatus/{run_id}", "principal": principal, "request_id": request_id}
+        key = RequestKey(f"UpdateRunStatus/{run_id}", principal, request_id)
         async with self._store.transaction() as tx:
             run = await run_or_not_found(tx.conn, project_id, run_id, for_update=True)
-            first = await recall(tx.conn, idempotency, **key)
+            first = await key.recall(tx.conn)
             if first is not None:
                 return RunUpdate(bool(json.loads(first)["applied"]), run)
             now = self._clock.now()
@@ -314,9 +303,7 @@ class Runs:
             if applied and states.is_terminal(status):
                 stopped = await rs.stop_open_steps(tx.conn, run_id, f"the run ended {status.upper()}", now)
                 changes.steps(run, stopped)
-            await remember(
-                tx.conn, idempotency, **key, response=json.dumps({"applied": applied}).encode(), now=now
-            )
+            await key.remember(tx.conn, json.dumps({"applied": applied}).encode(), now)
             last = await changes.record(tx.conn, now)
         self._wake(last)
         return RunUpdate(applied, run)
@@ -342,15 +329,11 @@ class Runs:
         if len(cache_key) > MAX_CACHE_KEY:
             raise InvalidArgument("cache_key", f"must be at most {MAX_CACHE_KEY} characters")
         check_request_id(request_id)
-        key = {
-            "method": f"UpdateStepStatus/{run_id}/{step_name}",
-            "principal": principal,
-            "request_id": request_id,
-        }
+        key = RequestKey(f"UpdateStepStatus/{run_id}/{step_name}", principal, request_id)
         async with self._store.transaction() as tx:
             run = await run_or_not_found(tx.conn, project_id, run_id, for_update=True)
             step = await _step_or_not_found(tx.conn, run_id, step_name)
-            first = await recall(tx.conn, idempotency, **key)
+            first = await key.recall(tx.conn)
             if first is not None:
                 return StepUpdate(bool(json.loads(first)["applied"]), step, run.status)
             now = self._clock.now()
@@ -363,9 +346,7 @@ class Runs:
                 step = await rs.update_step(tx.conn, step.id, values)
                 changes.step(run, step)
                 run = await _follow_steps(tx.conn, run, now, changes)
-            await remember(
-                tx.conn, idempotency, **key, response=json.dumps({"applied": applied}).encode(), now=now
-            )
+            await key.remember(tx.conn, json.dumps({"applied": applied}).encode(), now)
             last = await changes.record(tx.conn, now)
         self._wake(last)
         return StepUpdate(applied, step, run.status)
@@ -377,28 +358,20 @@ class Runs:
         if not step_name:
             raise InvalidArgument("step_name", "is required")
         validate_request_id(request_id)
-        key = {
-            "method": f"SendStepHeartbeat/{run_id}/{step_name}",
-            "principal": principal,
-            "request_id": request_id,
-        }
+        key = RequestKey(f"SendStepHeartbeat/{run_id}/{step_name}", principal, request_id)
         async with self._store.transaction() as tx:
             await run_or_not_found(tx.conn, project_id, run_id)
             step = await _step_or_not_found(tx.conn, run_id, step_name)
-            if request_id:
-                first = await recall(tx.conn, idempotency, **key)
-                if first is not None:
-                    return Heartbeat(bool(json.loads(first)["applied"]), step.status)
+            first = await key.recall(tx.conn)
+            if first is not None:
+                return Heartbeat(bool(json.loads(first)["applied"]), step.status)
             now = self._clock.now()
             deadline = now + timedelta(seconds=step.heartbeat_timeout_seconds)
             # Conditional on RUNNING in the UPDATE itself: a sweep committed meanwhile wins.
             applied = step.status == states.RUNNING and await rs.record_heartbeat(
                 tx.conn, step.id, now, deadline
             )
-            if request_id:
-                await remember(
-                    tx.conn, idempotency, **key, response=json.dumps({"applied": applied}).encode(), now=now
-                )
+            await key.remember(tx.conn, json.dumps({"applied": applied}).encode(), now)
         return Heartbeat(applied, step.status)
 
     async def sweep_silent_steps(self, limit: int = 500) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.kit.errors import InvalidArgument
+from services.metadata import validation
 
 MAX_STEPS = 1000
 MAX_EDGES = 10_000
@@ -41,7 +42,6 @@ MIN_HEARTBEAT_SECONDS = 1
 MAX_HEARTBEAT_SECONDS = 24 * 3600
 DEFAULT_HEARTBEAT_SECONDS = 600
 MAX_STEPS_JSON_BYTES = 4 * 1024 * 1024
-MAX_DESCRIPTION = 1000
 MAX_COMMIT = 64
 MAX_SUBDIRECTORY = 1024
 
@@ -123,8 +123,7 @@ class SnapshotInput:
 
 def validate_snapshot(snapshot: SnapshotInput, prefix: str = "snapshot") -> SnapshotInput:
     """The snapshot with defaults filled in; INVALID_ARGUMENT naming the first bad field."""
-    if len(snapshot.description) > MAX_DESCRIPTION:
-        raise InvalidArgument(f"{prefix}.description", f"must be at most {MAX_DESCRIPTION} characters")
+    validation.description(snapshot.description, f"{prefix}.description")
     if not snapshot.stack_id:
         raise InvalidArgument(f"{prefix}.stack_id", "is required")
     _check_code_reference(snapshot.code_reference, f"{prefix}.code_reference")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -128,6 +130,37 @@ code_repositories = Table(
 )
 
 idempotency = kit_idempotency.idempotency_table(metadata, "metadata_request_ids")
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A request's idempotency key in this service's table; without a request id both calls do nothing."""
+
+    method: str
+    principal: str
+    request_id: str
+
+    async def recall(self, conn: AsyncConnection) -> bytes | None:
+        """The first answer to this request, or None when it is new (or carries no request id)."""
+        if not self.request_id:
+            return None
+        return await kit_idempotency.recall(
+            conn, idempotency, method=self.method, principal=self.principal, request_id=self.request_id
+        )
+
+    async def remember(self, conn: AsyncConnection, response: bytes, now: datetime) -> None:
+        """Keeps the answer, in the caller's transaction."""
+        if self.request_id:
+            await kit_idempotency.remember(
+                conn,
+                idempotency,
+                method=self.method,
+                principal=self.principal,
+                request_id=self.request_id,
+                response=response,
+                now=now,
+            )
+
 
 # "Does this project still hold anything?" checks the other store modules register (pipelines,
 # runs, artifacts, models): each answers the name of what it found, or None. Deleting a project
