@@ -215,14 +215,16 @@ def http_rule(method: descriptor.MethodDescriptor) -> http_pb2.HttpRule | None:
     return rule
 
 
-def bindings_of(service: descriptor.ServiceDescriptor) -> list[Binding]:
-    """Every HTTP binding of a service's annotated unary RPCs; BindingError names each broken one."""
+def bindings_of(service: descriptor.ServiceDescriptor, *, streaming: bool = False) -> list[Binding]:
+    """Every HTTP binding of a service's annotated unary RPCs, or (`streaming`) of its server-streaming
+    ones, which are served as Server-Sent Events and so must be GET; BindingError names each broken one.
+    Client streams are not served.
+    """
     found: list[Binding] = []
     problems: list[str] = []
     for method in service.methods:
         rule = http_rule(method)
-        if rule is None or method.client_streaming or method.server_streaming:
-            # Server streams (Watch*) become Server-Sent Events in a later gateway wave.
+        if rule is None or method.client_streaming or method.server_streaming != streaming:
             continue
         rules = [rule, *rule.additional_bindings]
         for index, each in enumerate(rules):
@@ -230,9 +232,14 @@ def bindings_of(service: descriptor.ServiceDescriptor) -> list[Binding]:
                 problems.append(f"{method.full_name}: additional_bindings may not nest")
                 continue
             try:
-                found.append(_binding(service, method, each, index))
+                binding = _binding(service, method, each, index)
             except (ValueError, TemplateError) as error:
                 problems.append(f"{method.full_name}: {error}")
+                continue
+            if streaming and binding.http_method != "GET":
+                problems.append(f"{method.full_name}: a stream is served as SSE, which is GET only")
+                continue
+            found.append(binding)
     if problems:
         raise BindingError("invalid HTTP bindings:\n  " + "\n  ".join(problems))
     return found

@@ -31,9 +31,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.backends import Backend, Backends
-from gateway.bindings import Binding, BindingError, _binding, http_rule
+from gateway.bindings import Binding, bindings_of
 from gateway.errors import bad_request, code_of, error_body, http_status_of, status_of_rpc_error
-from gateway.routes import TemplateError
 from gateway.transcode import render_response
 
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -45,29 +44,6 @@ _MAX_CURSOR = 2**63 - 1
 EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009
 
 
-def stream_bindings_of(service: descriptor.ServiceDescriptor) -> list[Binding]:
-    """HTTP bindings of a service's annotated server-streaming RPCs (client streams are not served)."""
-    found: list[Binding] = []
-    problems: list[str] = []
-    for method in service.methods:
-        rule = http_rule(method)
-        if rule is None or method.client_streaming or not method.server_streaming:
-            continue
-        for index, each in enumerate([rule, *rule.additional_bindings]):
-            try:
-                binding = _binding(service, method, each, index)
-            except (ValueError, TemplateError) as error:
-                problems.append(f"{method.full_name}: {error}")
-                continue
-            if binding.http_method != "GET":
-                problems.append(f"{method.full_name}: a stream is served as SSE, which is GET only")
-                continue
-            found.append(binding)
-    if problems:
-        raise BindingError("invalid HTTP bindings:\n  " + "\n  ".join(problems))
-    return found
-
-
 def served_stream_bindings(
     backends: Backends, services: Sequence[descriptor.ServiceDescriptor]
 ) -> list[Binding]:
@@ -76,7 +52,7 @@ def served_stream_bindings(
         binding
         for service in services
         if backends.serves(service.file.package)
-        for binding in stream_bindings_of(service)
+        for binding in bindings_of(service, streaming=True)
     ]
 
 
