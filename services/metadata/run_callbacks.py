@@ -154,6 +154,8 @@ class _Run:
         self.run = run
         self.run_changed = False
         self.steps = {step.name: step for step in steps}
+        # Steps by status, kept as they move: the run follows its steps after every step change.
+        self.statuses = Counter(step.status for step in steps)
         self.changed_steps: set[str] = set()
         self.changes = rc.ChangeBatch()
         self.now = now
@@ -165,7 +167,9 @@ class _Run:
         return found
 
     def _set_step(self, step: rs.StepRunRecord, values: dict[str, Any]) -> rs.StepRunRecord:
+        self.statuses[step.status] -= 1
         step = dataclasses.replace(step, **values)
+        self.statuses[step.status] += 1
         self.steps[step.name] = step
         self.changed_steps.add(step.name)
         return step
@@ -209,7 +213,7 @@ class _Run:
         if report.cache_key:
             values["cache_key"] = report.cache_key
         self.changes.step(self.run, self._set_step(step, values))
-        counts = states.StepCounts.of(Counter(s.status for s in self.steps.values()).items())
+        counts = states.StepCounts.of(self.statuses.items())
         follow = follow_values(self.run, counts, self.now)
         if follow is not None:
             self._set_run(follow)
@@ -243,9 +247,12 @@ class _Planned:
     fresh: list[tuple[rs.StepRunRecord, StepOutput, str]] = field(default_factory=list)
     artifacts: dict[str, st.ArtifactRecord] = field(default_factory=dict)
 
-    def of(self, result: CallbackResult) -> list[tuple[Any, ...]]:
-        """The entries of one callback's result."""
-        return [entry for entry in self.entries if entry[0] is result]
+    def version_ids(self, results: Sequence[CallbackResult]) -> list[list[str]]:
+        """Per result, in order, the ids of its versions (one pass over the entries)."""
+        by_result: dict[int, list[str]] = {id(result): [] for result in results}
+        for result, *_, version_id in self.entries:
+            by_result[id(result)].append(version_id)
+        return [by_result[id(result)] for result in results]
 
 
 class RunCallbacks:
@@ -302,7 +309,7 @@ class RunCallbacks:
             batch.run = state.run
             response = {
                 "applied": [result.applied for result in results],
-                "versions": [[version_id for *_, version_id in planned.of(result)] for result in results],
+                "versions": planned.version_ids(results),
             }
             await key.remember(tx.conn, json.dumps(response).encode(), now)
             # The shared rows last, so their locks are held briefly: the artifacts' version
