@@ -29,7 +29,6 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    and_,
     case,
     delete,
     exists,
@@ -524,20 +523,25 @@ async def list_step_links(
     return [_link(row) for row in page.rows], page.next_page_token
 
 
+async def _links(
+    conn: AsyncConnection, project_id: str, direction: str, condition: ColumnElement[bool]
+) -> list[LinkRecord]:
+    rows = await conn.execute(
+        select(step_artifacts).where(
+            step_artifacts.c.project_id == project_id, step_artifacts.c.direction == direction, condition
+        )
+    )
+    return [_link(row) for row in rows]
+
+
 async def links_of_versions(
     conn: AsyncConnection, project_id: str, version_ids: Sequence[str], direction: str
 ) -> list[LinkRecord]:
     """Links of these versions in one direction (one query)."""
     if not version_ids:
         return []
-    rows = await conn.execute(
-        select(step_artifacts).where(
-            step_artifacts.c.project_id == project_id,
-            step_artifacts.c.artifact_version_id.in_(sorted(set(version_ids))),
-            step_artifacts.c.direction == direction,
-        )
-    )
-    return [_link(row) for row in rows]
+    in_versions = step_artifacts.c.artifact_version_id.in_(sorted(set(version_ids)))
+    return await _links(conn, project_id, direction, in_versions)
 
 
 async def links_of_steps(
@@ -546,30 +550,14 @@ async def links_of_steps(
     """Links of these step runs in one direction (one query)."""
     if not step_ids:
         return []
-    rows = await conn.execute(
-        select(step_artifacts).where(
-            step_artifacts.c.project_id == project_id,
-            step_artifacts.c.step_run_id.in_(sorted(set(step_ids))),
-            step_artifacts.c.direction == direction,
-        )
-    )
-    return [_link(row) for row in rows]
+    return await _links(conn, project_id, direction, step_artifacts.c.step_run_id.in_(sorted(set(step_ids))))
 
 
 async def links_of_run(
     conn: AsyncConnection, project_id: str, run_id: str, direction: str
 ) -> list[LinkRecord]:
     """Links of every step of a run in one direction (one query)."""
-    rows = await conn.execute(
-        select(step_artifacts).where(
-            and_(
-                step_artifacts.c.project_id == project_id,
-                step_artifacts.c.run_id == run_id,
-                step_artifacts.c.direction == direction,
-            )
-        )
-    )
-    return [_link(row) for row in rows]
+    return await _links(conn, project_id, direction, step_artifacts.c.run_id == run_id)
 
 
 async def forget_runs(conn: AsyncConnection, run_ids: Sequence[str]) -> int:
