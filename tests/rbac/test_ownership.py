@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +18,7 @@ from keel.rbac.v1 import rbac_pb2
 from services.kit.audit import AuditEvent
 from services.kit.clients import connect
 from services.kit.context import Principal
-from services.kit.errors import AlreadyExists
+from services.kit.errors import AlreadyExists, FailedPrecondition
 from services.kit.rbac_client import RbacPermissionChecker, workspace_scope
 from services.kit.rbac_lookup import RbacLookup
 from services.metadata.identity import ServedWorkspace, WorkspaceIdentity
@@ -335,26 +337,34 @@ async def test_batch_record_bad_input_is_invalid_argument_naming_the_field(serve
     assert await server.service.domain.store.owner(ORG, "run", "r-1") is None
 
 
-async def test_the_workspace_servers_record_many_takes_one_call_per_1000_ids(server: Server) -> None:
-    await seed(server)
+@asynccontextmanager
+async def workspace_ownership(server: Server) -> AsyncIterator[Ownership]:
+    """The workspace server's ownership client, on a real channel to the RBAC server."""
     clock = ManualClock()
     channel = connect(f"127.0.0.1:{server.service.port}")
     try:
         mapping = workspace_scope(ORG, WS)
-        ownership = Ownership(
+        yield Ownership(
             channel,
             ServedWorkspace(WorkspaceIdentity(ORG, WS)),
             RbacPermissionChecker(channel, clock, scope=mapping),
             RbacLookup(channel, clock, mapping),
         )
-        editor = Principal(EDITOR, "user", token=server.keys.mint(sub=EDITOR, typ="user"))
-        ids = [f"r-{index:04}" for index in range(2500)]
-        mark = await outbox_mark(server)
-
-        recorded = await ownership.record_many(editor, "run", ids, "p-1")
-        workload = await ownership.record_many(Principal("wl-1", "workload"), "run", ["r-x"], "p-1")
     finally:
         await channel.close(None)
+
+
+def principal(subject: str, server: Server) -> Principal:
+    return Principal(subject, "user", token=server.keys.mint(sub=subject, typ="user"))
+
+
+async def test_the_workspace_servers_record_many_takes_one_call_per_1000_ids(server: Server) -> None:
+    await seed(server)
+    ids = [f"r-{index:04}" for index in range(2500)]
+    mark = await outbox_mark(server)
+    async with workspace_ownership(server) as ownership:
+        recorded = await ownership.record_many(principal(EDITOR, server), "run", ids, "p-1")
+        workload = await ownership.record_many(Principal("wl-1", "workload"), "run", ["r-x"], "p-1")
 
     events = await events_since(server, mark)
     assert (recorded, workload) == (True, False)  # a workload holds nothing
@@ -363,6 +373,46 @@ async def test_the_workspace_servers_record_many_takes_one_call_per_1000_ids(ser
     assert set(owners.values()) == {("user", EDITOR)}
     assert len(owners) == 2500
     assert await server.service.domain.store.owner(ORG, "run", "r-x") is None
+
+
+async def test_concurrent_claims_of_one_owner_are_group_committed(server: Server) -> None:
+    await seed(server)
+    ids = [f"r-{index:02}" for index in range(20)]
+    mark = await outbox_mark(server)
+    async with workspace_ownership(server) as ownership:
+        editor = principal(EDITOR, server)
+        answers = await asyncio.gather(*(ownership.record(editor, "run", i, "p-1") for i in ids))
+        after = await ownership.record(editor, "run", "r-later", "p-1")  # idle again: alone
+
+    events = await events_since(server, mark)
+    assert answers == [True] * 20
+    assert after
+    # The 20 requests waited for one call between them; the later one went on its own.
+    assert [e.details["recorded"] for e in events] == [20, 1]
+    owners = await server.service.domain.store.owners(ORG, [("run", i) for i in [*ids, "r-later"]])
+    assert set(owners.values()) == {("user", EDITOR)}
+    assert len(owners) == 21
+
+
+async def test_a_refused_claim_fails_only_its_own_request(server: Server) -> None:
+    await seed(server)
+    async with workspace_ownership(server) as ownership:
+        await ownership.record(principal(ADMIN, server), "run", "r-taken", "p-1")
+        editor = principal(EDITOR, server)
+        answers = await asyncio.gather(
+            *(ownership.record(editor, "run", i, "p-1") for i in ("r-a", "r-taken", "r-b")),
+            return_exceptions=True,
+        )
+
+    assert answers[0] is True
+    assert answers[2] is True
+    assert isinstance(answers[1], FailedPrecondition)  # RBAC's ALREADY_EXISTS, for this request only
+    owners = await server.service.domain.store.owners(ORG, [("run", i) for i in ("r-a", "r-taken", "r-b")])
+    assert owners == {
+        ("run", "r-a"): ("user", EDITOR),
+        ("run", "r-taken"): ("user", ADMIN),
+        ("run", "r-b"): ("user", EDITOR),
+    }
 
 
 # --- LookupResources: the bound ------------------------------------------------------------------
