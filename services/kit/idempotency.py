@@ -33,6 +33,7 @@ least an hour; services decide) and removed by `purge_older_than`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 from sqlalchemy import (
@@ -44,6 +45,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    bindparam,
     delete,
     insert,
     select,
@@ -52,6 +54,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.errors import Aborted, InvalidArgument
+from services.kit.prepared import Prepared
 
 # Letters, digits, '_' and '-' cover UUIDs (36 characters) as well as shorter client keys.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -81,19 +84,25 @@ def validate_request_id(value: str) -> None:
         )
 
 
+@functools.cache
+def _statements(table: Table) -> tuple[Prepared, Prepared]:
+    """Recall and remember for one table, prepared (every create and callback runs both)."""
+    found = select(table.c.response).where(
+        table.c.method == bindparam("method"),
+        table.c.principal == bindparam("principal"),
+        table.c.request_id == bindparam("request_id"),
+    )
+    return Prepared(found), Prepared(insert(table))
+
+
 async def recall(
     conn: AsyncConnection, table: Table, *, method: str, principal: str, request_id: str
 ) -> bytes | None:
     """The response remembered for this key, or None when the request is new."""
-    result = await conn.execute(
-        select(table.c.response).where(
-            table.c.method == method,
-            table.c.principal == principal,
-            table.c.request_id == request_id,
-        )
+    row = await _statements(table)[0].first(
+        conn, {"method": method, "principal": principal, "request_id": request_id}
     )
-    response = result.scalar_one_or_none()
-    return None if response is None else bytes(response)
+    return None if row is None else bytes(row["response"])
 
 
 async def remember(
@@ -116,14 +125,15 @@ async def remember(
         raise ValueError("remember needs a request_id; skip idempotency when the request has none")
     created = _utc(now or dt.datetime.now(dt.UTC))
     try:
-        await conn.execute(
-            insert(table).values(
-                method=method,
-                principal=principal,
-                request_id=request_id,
-                response=response,
-                create_time=created,
-            )
+        await _statements(table)[1].execute(
+            conn,
+            {
+                "method": method,
+                "principal": principal,
+                "request_id": request_id,
+                "response": response,
+                "create_time": created,
+            },
         )
     except IntegrityError:
         raise Aborted(

@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     case,
     delete,
     exists,
@@ -36,13 +37,13 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
 from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
+from services.kit.prepared import Prepared
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import annotation_store
 from services.metadata.annotation_store import annotation_filters
@@ -214,16 +215,54 @@ class LinkConflict(Exception):
     """A step already has an input/output of this name pointing elsewhere."""
 
 
-def _artifact(row: Row[Any]) -> ArtifactRecord:
-    return ArtifactRecord(**{f.name: row._mapping[f.name] for f in dataclasses.fields(ArtifactRecord)})
+def _artifact(values: Mapping[Any, Any]) -> ArtifactRecord:
+    return ArtifactRecord(**{f.name: values[f.name] for f in dataclasses.fields(ArtifactRecord)})
 
 
-def _version(row: Row[Any]) -> VersionRecord:
-    return VersionRecord(**{f.name: row._mapping[f.name] for f in dataclasses.fields(VersionRecord)})
+def _version(values: Mapping[Any, Any]) -> VersionRecord:
+    return VersionRecord(**{f.name: values[f.name] for f in dataclasses.fields(VersionRecord)})
 
 
-def _link(row: Row[Any]) -> LinkRecord:
-    return LinkRecord(**{f.name: row._mapping[f.name] for f in dataclasses.fields(LinkRecord)})
+def _link(values: Mapping[Any, Any]) -> LinkRecord:
+    return LinkRecord(**{f.name: values[f.name] for f in dataclasses.fields(LinkRecord)})
+
+
+# The statements of recording outputs (callbacks), prepared: services/kit/prepared.py.
+_ARTIFACTS_BY_NAMES = Prepared(
+    select(artifacts).where(
+        artifacts.c.project_id == bindparam("project_id"),
+        artifacts.c.name.in_(bindparam("names", expanding=True)),
+    )
+)
+_LOCK_COUNTERS = Prepared(
+    select(artifacts.c.id, artifacts.c.latest_version_number)
+    .where(
+        artifacts.c.project_id == bindparam("project_id"),
+        artifacts.c.id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(artifacts.c.id)
+    .with_for_update()
+)
+_SET_COUNTER = Prepared(
+    update(artifacts)
+    .where(artifacts.c.id == bindparam("artifact_id"))
+    .values(latest_version_number=bindparam("number"))
+)
+_INSERT_VERSIONS = Prepared(insert(artifact_versions))
+_VERSIONS_BY_IDS = Prepared(
+    select(artifact_versions).where(
+        artifact_versions.c.project_id == bindparam("project_id"),
+        artifact_versions.c.id.in_(bindparam("ids", expanding=True)),
+    )
+)
+_INSERT_LINKS = Prepared(insert(step_artifacts))
+_LINKS_OF_STEPS = Prepared(
+    select(step_artifacts).where(
+        step_artifacts.c.project_id == bindparam("project_id"),
+        step_artifacts.c.direction == bindparam("direction"),
+        step_artifacts.c.step_run_id.in_(bindparam("step_ids", expanding=True)),
+    )
+)
 
 
 async def insert_artifact(conn: AsyncConnection, record: ArtifactRecord) -> None:
@@ -242,7 +281,7 @@ async def get_artifact(conn: AsyncConnection, project_id: str, artifact_id: str)
             select(artifacts).where(artifacts.c.project_id == project_id, artifacts.c.id == artifact_id)
         )
     ).first()
-    return None if row is None else _artifact(row)
+    return None if row is None else _artifact(row._mapping)
 
 
 async def get_artifact_by_name(conn: AsyncConnection, project_id: str, name: str) -> ArtifactRecord | None:
@@ -252,7 +291,7 @@ async def get_artifact_by_name(conn: AsyncConnection, project_id: str, name: str
             select(artifacts).where(artifacts.c.project_id == project_id, artifacts.c.name == name)
         )
     ).first()
-    return None if row is None else _artifact(row)
+    return None if row is None else _artifact(row._mapping)
 
 
 async def get_artifacts_by_names(
@@ -261,11 +300,7 @@ async def get_artifacts_by_names(
     """The artifacts of the project among `names`, by name (one query)."""
     if not names:
         return {}
-    rows = await conn.execute(
-        select(artifacts).where(
-            artifacts.c.project_id == project_id, artifacts.c.name.in_(sorted(set(names)))
-        )
-    )
+    rows = await _ARTIFACTS_BY_NAMES.rows(conn, {"project_id": project_id, "names": sorted(set(names))})
     return {record.name: record for record in map(_artifact, rows)}
 
 
@@ -291,7 +326,7 @@ async def list_artifacts(
         page_token=query.page_token,
         fingerprint=query_fingerprint("ListArtifacts", filter_text=query.filter, scope=project_id),
     )
-    return [_artifact(row) for row in page.rows], page.next_page_token
+    return [_artifact(row._mapping) for row in page.rows], page.next_page_token
 
 
 async def update_artifact(
@@ -306,7 +341,7 @@ async def update_artifact(
             .returning(*artifacts.c)
         )
     ).first()
-    return None if row is None else _artifact(row)
+    return None if row is None else _artifact(row._mapping)
 
 
 def _used_as_input(version_ids: Any) -> Any:
@@ -355,16 +390,22 @@ async def take_version_numbers(
 ) -> dict[str, int]:
     """Takes `counts[id]` consecutive version numbers of each artifact; the first of each (two statements).
 
-    The rows are locked in id order first (FOR UPDATE with ORDER BY locks in that
-    order), so two batches over the same artifacts cannot deadlock; then one UPDATE
-    moves every counter. Missing artifacts are absent from the answer.
+    On PostgreSQL the rows are read and locked in id order (FOR UPDATE with ORDER
+    BY locks in that order), so two batches over the same artifacts cannot
+    deadlock, then one executemany UPDATE moves the counters. SQLite has one
+    writer at a time: one UPDATE … RETURNING moves them all. Missing artifacts are
+    absent from the answer.
     """
     if not counts:
         return {}
     ids = sorted(counts)
-    locked = select(artifacts.c.id).where(artifacts.c.project_id == project_id, artifacts.c.id.in_(ids))
     if conn.dialect.name == "postgresql":
-        await conn.execute(locked.order_by(artifacts.c.id).with_for_update())
+        locked = await _LOCK_COUNTERS.rows(conn, {"project_id": project_id, "ids": ids})
+        first = {row["id"]: int(row["latest_version_number"]) + 1 for row in locked}
+        await _SET_COUNTER.execute_many(
+            conn, [{"artifact_id": i, "number": first[i] + counts[i] - 1} for i in sorted(first)]
+        )
+        return first
     step = case(counts, value=artifacts.c.id, else_=0)
     rows = await conn.execute(
         update(artifacts)
@@ -377,8 +418,7 @@ async def take_version_numbers(
 
 async def insert_versions(conn: AsyncConnection, records: Sequence[VersionRecord]) -> None:
     """Inserts artifact versions in one statement (numbers taken with take_version_numbers)."""
-    if records:
-        await conn.execute(insert(artifact_versions), [values_of(record) for record in records])
+    await _INSERT_VERSIONS.execute_many(conn, [values_of(record) for record in records])
 
 
 async def insert_version(conn: AsyncConnection, record: VersionRecord) -> None:
@@ -396,7 +436,7 @@ async def get_version(
     if artifact_id:
         stmt = stmt.where(artifact_versions.c.artifact_id == artifact_id)
     row = (await conn.execute(stmt)).first()
-    return None if row is None else _version(row)
+    return None if row is None else _version(row._mapping)
 
 
 async def get_versions(
@@ -405,11 +445,7 @@ async def get_versions(
     """The versions of the project among `version_ids` (one query)."""
     if not version_ids:
         return []
-    rows = await conn.execute(
-        select(artifact_versions).where(
-            artifact_versions.c.project_id == project_id, artifact_versions.c.id.in_(sorted(set(version_ids)))
-        )
-    )
+    rows = await _VERSIONS_BY_IDS.rows(conn, {"project_id": project_id, "ids": sorted(set(version_ids))})
     return [_version(row) for row in rows]
 
 
@@ -438,7 +474,7 @@ async def list_versions(
             "ListArtifactVersions", filter_text=query.filter, scope=f"{project_id}/{artifact_id}"
         ),
     )
-    return [_version(row) for row in page.rows], page.next_page_token
+    return [_version(row._mapping) for row in page.rows], page.next_page_token
 
 
 async def delete_version(conn: AsyncConnection, project_id: str, artifact_id: str, version_id: str) -> bool:
@@ -485,8 +521,8 @@ async def insert_links(conn: AsyncConnection, project_id: str, links: Sequence[L
     if not links:
         return
     try:
-        await conn.execute(
-            insert(step_artifacts), [{"project_id": project_id, **values_of(link)} for link in links]
+        await _INSERT_LINKS.execute_many(
+            conn, [{"project_id": project_id, **values_of(link)} for link in links]
         )
     except IntegrityError:
         raise LinkConflict("an input or output of the step was recorded concurrently") from None
@@ -520,7 +556,7 @@ async def list_step_links(
         page_token=page_token,
         fingerprint=query_fingerprint("ListStepArtifacts", scope=f"{project_id}/{step_run_id}", d=direction),
     )
-    return [_link(row) for row in page.rows], page.next_page_token
+    return [_link(row._mapping) for row in page.rows], page.next_page_token
 
 
 async def _links(
@@ -531,7 +567,7 @@ async def _links(
             step_artifacts.c.project_id == project_id, step_artifacts.c.direction == direction, condition
         )
     )
-    return [_link(row) for row in rows]
+    return [_link(row._mapping) for row in rows]
 
 
 async def links_of_versions(
@@ -550,7 +586,10 @@ async def links_of_steps(
     """Links of these step runs in one direction (one query)."""
     if not step_ids:
         return []
-    return await _links(conn, project_id, direction, step_artifacts.c.step_run_id.in_(sorted(set(step_ids))))
+    rows = await _LINKS_OF_STEPS.rows(
+        conn, {"project_id": project_id, "direction": direction, "step_ids": sorted(set(step_ids))}
+    )
+    return [_link(row) for row in rows]
 
 
 async def links_of_run(

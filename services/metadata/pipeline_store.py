@@ -22,19 +22,20 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     exists,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
 from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import Page, paginate, parse_order_by, query_fingerprint
+from services.kit.prepared import Prepared
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata.annotation_store import annotation_filters
 from services.metadata.run_store import lock_on_sqlite
@@ -125,12 +126,29 @@ class NameTaken(Exception):
     """The pipeline name is used in the project."""
 
 
-def _pipeline(row: Row[Any]) -> PipelineRecord:
-    return PipelineRecord(**{name: row._mapping[name] for name in PipelineRecord.__dataclass_fields__})
+def _by_id(table: Table) -> dict[str, Prepared]:
+    """A row of a project by id: unlocked, FOR SHARE and FOR UPDATE (prepared: CreateRun reads both)."""
+    found = select(table).where(table.c.project_id == bindparam("project_id"), table.c.id == bindparam("id"))
+    return {
+        "": Prepared(found),
+        "share": Prepared(found.with_for_update(read=True)),
+        "update": Prepared(found.with_for_update()),
+    }
 
 
-def _snapshot(row: Row[Any], *, with_steps: bool) -> SnapshotRecord:
-    values = row._mapping
+def _lock_mode(*, for_update: bool, for_share: bool) -> str:
+    return "update" if for_update else "share" if for_share else ""
+
+
+_GET_PIPELINE = _by_id(pipelines)
+_GET_SNAPSHOT = _by_id(snapshots)
+
+
+def _pipeline(values: Mapping[Any, Any]) -> PipelineRecord:
+    return PipelineRecord(**{name: values[name] for name in PipelineRecord.__dataclass_fields__})
+
+
+def _snapshot(values: Mapping[Any, Any], *, with_steps: bool) -> SnapshotRecord:
     steps = tuple(StepDefinition.from_json(item) for item in values["steps"]) if with_steps else ()
     return SnapshotRecord(
         id=values["id"],
@@ -168,11 +186,10 @@ async def get_pipeline(
     `for_share` (CreateRun) and `for_update` (DeletePipeline) make a delete
     and a new run of the same pipeline wait for each other.
     """
-    stmt = select(pipelines).where(pipelines.c.project_id == project_id, pipelines.c.id == pipeline_id)
     if for_update or for_share:
         await lock_on_sqlite(conn, pipelines, pipeline_id)
-        stmt = stmt.with_for_update(read=not for_update)
-    row = (await conn.execute(stmt)).first()
+    statement = _GET_PIPELINE[_lock_mode(for_update=for_update, for_share=for_share)]
+    row = await statement.first(conn, {"project_id": project_id, "id": pipeline_id})
     return None if row is None else _pipeline(row)
 
 
@@ -190,7 +207,7 @@ async def update_pipeline(
         row = result.one()
     except IntegrityError:
         raise NameTaken(values.get("name", record.name)) from None
-    return _pipeline(row)
+    return _pipeline(row._mapping)
 
 
 async def delete_pipeline(conn: AsyncConnection, pipeline_id: str) -> list[str]:
@@ -232,7 +249,7 @@ async def list_pipelines(
         page_token=page_token,
         fingerprint=query_fingerprint("ListPipelines", filter_text=filter_text, scope=project_id),
     )
-    return [_pipeline(row) for row in page.rows], page.next_page_token
+    return [_pipeline(row._mapping) for row in page.rows], page.next_page_token
 
 
 async def insert_snapshot(
@@ -263,7 +280,7 @@ async def insert_snapshot(
         )
         .returning(*snapshots.c)
     )
-    return _snapshot(result.one(), with_steps=True)
+    return _snapshot(result.one()._mapping, with_steps=True)
 
 
 async def get_snapshot(
@@ -279,14 +296,13 @@ async def get_snapshot(
 
     `for_share` (CreateRun) and `for_update` (DeleteSnapshot) serialize a delete with a new run.
     """
-    stmt = select(snapshots).where(snapshots.c.project_id == project_id, snapshots.c.id == snapshot_id)
-    if pipeline_id is not None:
-        stmt = stmt.where(snapshots.c.pipeline_id == pipeline_id)
     if for_update or for_share:
         await lock_on_sqlite(conn, snapshots, snapshot_id)
-        stmt = stmt.with_for_update(read=not for_update)
-    row = (await conn.execute(stmt)).first()
-    return None if row is None else _snapshot(row, with_steps=True)
+    statement = _GET_SNAPSHOT[_lock_mode(for_update=for_update, for_share=for_share)]
+    row = await statement.first(conn, {"project_id": project_id, "id": snapshot_id})
+    if row is None or (pipeline_id is not None and row["pipeline_id"] != pipeline_id):
+        return None
+    return _snapshot(row, with_steps=True)
 
 
 async def delete_snapshot(conn: AsyncConnection, snapshot_id: str) -> None:
@@ -326,7 +342,7 @@ async def list_snapshots(
         page_token=page_token,
         fingerprint=query_fingerprint("ListSnapshots", filter_text=filter_text, scope=pipeline_id),
     )
-    return [_snapshot(row, with_steps=False) for row in page.rows], page.next_page_token
+    return [_snapshot(row._mapping, with_steps=False) for row in page.rows], page.next_page_token
 
 
 async def project_has_pipelines(conn: AsyncConnection, project_id: str) -> str | None:

@@ -36,7 +36,6 @@ from services.metadata import run_changes as rc
 from services.metadata import run_states as states
 from services.metadata import run_store as rs
 from services.metadata.artifacts import MAX_LINKS, StepOutput, check_output
-from services.metadata.rows import values_of
 from services.metadata.runs import (
     MAX_CACHE_KEY,
     MAX_ORCHESTRATOR_RUN_ID,
@@ -231,9 +230,7 @@ class _Run:
     async def write(self, conn: AsyncConnection) -> None:
         await rs.write_steps(conn, [self.steps[name] for name in sorted(self.changed_steps)])
         if self.run_changed:
-            values = values_of(self.run)
-            del values["id"]
-            await rs.update_run(conn, self.run.id, values)
+            await rs.write_run(conn, self.run)
 
 
 @dataclass

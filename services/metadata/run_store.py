@@ -33,12 +33,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
 from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import paginate, parse_order_by, query_fingerprint
+from services.kit.prepared import Prepared
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import run_states
 from services.metadata.annotation_store import annotation_filters
@@ -202,34 +202,77 @@ async def lock_on_sqlite(conn: AsyncConnection, table: Table, row_id: str) -> No
         await conn.execute(update(table).where(table.c.id == row_id).values(id=table.c.id))
 
 
-def _run(row: Row[Any]) -> RunRecord:
-    values = row._mapping
+def _run(values: Mapping[Any, Any]) -> RunRecord:
     return RunRecord(**{name: values[name] for name in RunRecord.__dataclass_fields__})
 
 
-def _step(row: Row[Any]) -> StepRunRecord:
-    values = dict(row._mapping)
-    values["parents"] = tuple(values["parents"])
-    return StepRunRecord(**{name: values[name] for name in StepRunRecord.__dataclass_fields__})
+def _step(values: Mapping[Any, Any]) -> StepRunRecord:
+    fields = {name: values[name] for name in StepRunRecord.__dataclass_fields__}
+    fields["parents"] = tuple(fields["parents"])
+    return StepRunRecord(**fields)
+
+
+# The statements of recording runs (CreateRun, callbacks), prepared: services/kit/prepared.py.
+_INSERT_RUN = Prepared(insert(runs))
+_INSERT_STEPS = Prepared(insert(step_runs))
+_RUN_BY_ID = select(runs).where(
+    runs.c.project_id == bindparam("project_id"), runs.c.id == bindparam("run_id")
+)
+_GET_RUN = Prepared(_RUN_BY_ID)
+_GET_RUN_FOR_UPDATE = Prepared(_RUN_BY_ID.with_for_update())
+_WRITE_RUN = Prepared(
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"))
+    .values({column.name: bindparam(f"new_{column.name}") for column in runs.c if column.name != "id"})
+)
+_STEPS_OF_RUN = Prepared(
+    select(step_runs).where(step_runs.c.run_id == bindparam("run_id")).order_by(step_runs.c.position)
+)
+# The columns a step's transitions and heartbeats change.
+_STEP_STATE = (
+    "status",
+    "status_reason",
+    "attempt_count",
+    "cache_key",
+    "update_time",
+    "start_time",
+    "end_time",
+    "last_heartbeat_time",
+    "heartbeat_deadline",
+)
+_WRITE_STEPS = Prepared(
+    update(step_runs)
+    .where(step_runs.c.id == bindparam("step_id"))
+    .values({name: bindparam(f"new_{name}") for name in _STEP_STATE})
+)
 
 
 async def insert_run(conn: AsyncConnection, run: RunRecord, steps: Sequence[StepRunRecord]) -> None:
-    """Adds a run and all its step runs: one INSERT for the run, one multi-row INSERT for the steps."""
-    await conn.execute(insert(runs).values(**values_of(run)))
-    rows = [{**values_of(step), "parents": list(step.parents)} for step in steps]
-    await conn.execute(insert(step_runs), rows)
+    """Adds a run and all its step runs: one INSERT for the run, one executemany INSERT for the steps."""
+    await _INSERT_RUN.execute(conn, values_of(run))
+    await _INSERT_STEPS.execute_many(
+        conn, [{**values_of(step), "parents": list(step.parents)} for step in steps]
+    )
 
 
 async def get_run(
     conn: AsyncConnection, project_id: str, run_id: str, *, for_update: bool = False
 ) -> RunRecord | None:
     """The run, or None (also when it is another project's). `for_update` serializes a run's callbacks."""
-    stmt = select(runs).where(runs.c.project_id == project_id, runs.c.id == run_id)
     if for_update:
         await lock_on_sqlite(conn, runs, run_id)
-        stmt = stmt.with_for_update()
-    row = (await conn.execute(stmt)).first()
+    row = await (_GET_RUN_FOR_UPDATE if for_update else _GET_RUN).first(
+        conn, {"project_id": project_id, "run_id": run_id}
+    )
     return None if row is None else _run(row)
+
+
+async def write_run(conn: AsyncConnection, run: RunRecord) -> None:
+    """Writes every column of the run as the record holds it."""
+    values = values_of(run)
+    await _WRITE_RUN.execute(
+        conn, {"run_id": run.id, **{f"new_{name}": value for name, value in values.items() if name != "id"}}
+    )
 
 
 async def list_runs(
@@ -258,13 +301,13 @@ async def list_runs(
         page_token=page_token,
         fingerprint=query_fingerprint("ListRuns", filter_text=filter_text, scope=project_id),
     )
-    return [_run(row) for row in page.rows], page.next_page_token
+    return [_run(row._mapping) for row in page.rows], page.next_page_token
 
 
 async def update_run(conn: AsyncConnection, run_id: str, values: Mapping[str, Any]) -> RunRecord:
     """Writes `values` on the run; the run after."""
     result = await conn.execute(update(runs).where(runs.c.id == run_id).values(**values).returning(*runs.c))
-    return _run(result.one())
+    return _run(result.one()._mapping)
 
 
 # What other store modules hold about runs (artifact links, run metadata) and delete with a run:
@@ -301,10 +344,7 @@ async def pipeline_has_runs(conn: AsyncConnection, pipeline_id: str) -> bool:
 
 async def steps_of_run(conn: AsyncConnection, run_id: str) -> list[StepRunRecord]:
     """Every step run of a run in snapshot order (one statement; at most 1,000 rows)."""
-    result = await conn.execute(
-        select(step_runs).where(step_runs.c.run_id == run_id).order_by(step_runs.c.position)
-    )
-    return [_step(row) for row in result]
+    return [_step(row) for row in await _STEPS_OF_RUN.rows(conn, {"run_id": run_id})]
 
 
 async def list_step_runs(
@@ -324,7 +364,7 @@ async def list_step_runs(
         page_token=page_token,
         fingerprint=query_fingerprint("ListStepRuns", filter_text=filter_text, scope=run_id),
     )
-    return [_step(row) for row in page.rows], page.next_page_token
+    return [_step(row._mapping) for row in page.rows], page.next_page_token
 
 
 async def get_step_run(conn: AsyncConnection, run_id: str, step_run_id: str) -> StepRunRecord | None:
@@ -334,7 +374,7 @@ async def get_step_run(conn: AsyncConnection, run_id: str, step_run_id: str) -> 
             select(step_runs).where(step_runs.c.run_id == run_id, step_runs.c.id == step_run_id)
         )
     ).first()
-    return None if row is None else _step(row)
+    return None if row is None else _step(row._mapping)
 
 
 async def get_step_by_name(conn: AsyncConnection, run_id: str, name: str) -> StepRunRecord | None:
@@ -342,7 +382,7 @@ async def get_step_by_name(conn: AsyncConnection, run_id: str, name: str) -> Ste
     row = (
         await conn.execute(select(step_runs).where(step_runs.c.run_id == run_id, step_runs.c.name == name))
     ).first()
-    return None if row is None else _step(row)
+    return None if row is None else _step(row._mapping)
 
 
 async def update_step(conn: AsyncConnection, step_id: str, values: Mapping[str, Any]) -> StepRunRecord:
@@ -350,29 +390,17 @@ async def update_step(conn: AsyncConnection, step_id: str, values: Mapping[str, 
     result = await conn.execute(
         update(step_runs).where(step_runs.c.id == step_id).values(**values).returning(*step_runs.c)
     )
-    return _step(result.one())
+    return _step(result.one()._mapping)
 
 
 async def write_steps(conn: AsyncConnection, steps: Sequence[StepRunRecord]) -> None:
     """Writes the changing columns of several step runs in one executemany UPDATE."""
-    if not steps:
-        return
-    columns = (
-        "status",
-        "status_reason",
-        "attempt_count",
-        "cache_key",
-        "update_time",
-        "start_time",
-        "end_time",
-        "last_heartbeat_time",
-        "heartbeat_deadline",
-    )
-    await conn.execute(
-        update(step_runs)
-        .where(step_runs.c.id == bindparam("step_id"))
-        .values({name: bindparam(f"new_{name}") for name in columns}),
-        [{"step_id": step.id, **{f"new_{name}": getattr(step, name) for name in columns}} for step in steps],
+    await _WRITE_STEPS.execute_many(
+        conn,
+        [
+            {"step_id": step.id, **{f"new_{name}": getattr(step, name) for name in _STEP_STATE}}
+            for step in steps
+        ],
     )
 
 
@@ -412,7 +440,7 @@ async def stop_open_steps(
         )
         .returning(*step_runs.c)
     )
-    return sorted((_step(row) for row in result), key=lambda step: step.position)
+    return sorted((_step(row._mapping) for row in result), key=lambda step: step.position)
 
 
 async def runs_behind_their_steps(conn: AsyncConnection, limit: int) -> list[str]:
@@ -471,7 +499,7 @@ async def fail_silent_step_records(
         )
         .returning(*step_runs.c)
     )
-    return sorted((_step(row) for row in result), key=lambda step: (step.run_id, step.position))
+    return sorted((_step(row._mapping) for row in result), key=lambda step: (step.run_id, step.position))
 
 
 async def runs_by_id(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, RunRecord]:
@@ -479,7 +507,7 @@ async def runs_by_id(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str,
     if not run_ids:
         return {}
     rows = await conn.execute(select(runs).where(runs.c.id.in_(sorted(set(run_ids)))))
-    return {row.id: _run(row) for row in rows}
+    return {row.id: _run(row._mapping) for row in rows}
 
 
 async def project_of_run(conn: AsyncConnection, run_id: str) -> str | None:

@@ -1,0 +1,108 @@
+"""Prepared statements: the same answers, types, errors and transactions as SQLAlchemy. Both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, event, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.kit.db import UtcDateTime
+from services.kit.prepared import Prepared
+
+metadata = MetaData()
+things = Table(
+    "prepared_things",
+    metadata,
+    Column("id", String(20), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("seen", UtcDateTime, nullable=True),
+)
+INSERT = Prepared(insert(things))
+BY_IDS = Prepared(
+    select(things).where(things.c.id.in_(bindparam("ids", expanding=True))).order_by(things.c.id)
+)
+BY_SIZE = Prepared(select(things.c.id, things.c.tags).where(things.c.size >= bindparam("least")))
+SEEN = datetime(2026, 11, 26, 12, 30, tzinfo=UTC)
+
+
+def row(thing_id: str, size: int = 1) -> dict[str, Any]:
+    return {"id": thing_id, "size": size, "tags": {"k": [thing_id, size]}, "seen": SEEN}
+
+
+@pytest.fixture
+async def store(engine: AsyncEngine) -> AsyncEngine:
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    return engine
+
+
+@contextmanager
+def announced(engine: AsyncEngine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_rows_come_back_as_through_sqlalchemy(store: AsyncEngine) -> None:
+    async with store.begin() as conn:
+        await INSERT.execute_many(conn, [row("a", 1), row("b", 2), row("c", 3)])
+        through_sqlalchemy = [
+            dict(r._mapping) for r in await conn.execute(select(things).order_by(things.c.id))
+        ]
+        prepared = await BY_IDS.rows(conn, {"ids": ["a", "b", "c"]})
+        two = await BY_IDS.rows(conn, {"ids": ["c", "a"]})  # another list length: its own statement
+        big = await BY_SIZE.rows(conn, {"least": 2})
+        none = await BY_IDS.first(conn, {"ids": ["zzz"]})
+
+    assert prepared == through_sqlalchemy
+    assert prepared[0] == row("a", 1)  # JSON decoded, the datetime aware UTC
+    assert [r["id"] for r in two] == ["a", "c"]
+    assert sorted((r["id"], r["tags"]["k"][1]) for r in big) == [("b", 2), ("c", 3)]
+    assert none is None
+
+
+async def test_a_duplicate_key_is_sqlalchemys_integrity_error(store: AsyncEngine) -> None:
+    async with store.begin() as conn:
+        await INSERT.execute(conn, row("a"))
+    with pytest.raises(IntegrityError):
+        async with store.begin() as conn:
+            await INSERT.execute(conn, row("a"))
+
+
+@pytest.mark.parametrize("begin", [True, False], ids=["begin", "autobegin"])
+async def test_a_prepared_first_statement_belongs_to_the_transaction(store: AsyncEngine, begin: bool) -> None:
+    async with store.connect() as conn:
+        if begin:
+            await conn.begin()
+        await INSERT.execute(conn, row("a"))  # the transaction's first statement
+        await conn.execute(insert(things).values(row("b")))
+        await conn.rollback()
+    async with store.connect() as conn:
+        await INSERT.execute(conn, row("c"))
+        await conn.commit()
+    async with store.connect() as conn:
+        assert [r["id"] for r in await BY_IDS.rows(conn, {"ids": ["a", "b", "c"]})] == ["c"]
+
+
+async def test_statements_are_announced_to_the_engines_listeners(store: AsyncEngine) -> None:
+    with announced(store) as seen:
+        async with store.begin() as conn:
+            await INSERT.execute_many(conn, [row("a"), row("b")])
+            await BY_IDS.rows(conn, {"ids": ["a"]})
+    assert len(seen) == 2
+    assert seen[0].startswith("INSERT INTO prepared_things")
+    assert seen[1].startswith("SELECT")
