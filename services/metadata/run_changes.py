@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
 from services.kit.filtering import FilterField, parse_filter
+from services.kit.prepared import Prepared
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import run_store as rs
 from services.metadata.rows import values_of
@@ -147,17 +148,19 @@ _LOG_COLUMNS = {
 }
 # PostgreSQL: the counter bump, the rows and the NOTIFY (delivered at commit) in one statement.
 # Built from the constant column list above only; every value is a bound parameter.
-_LOG_INSERT = text(
-    "WITH bumped AS (UPDATE metadata_run_change_counter SET last_sequence = last_sequence + :count"  # noqa: S608
-    " WHERE id = :counter RETURNING last_sequence),"
-    " notified AS (SELECT pg_notify(:channel, CAST(last_sequence AS text)) AS sent FROM bumped)"
-    f" INSERT INTO metadata_run_changes (sequence, {', '.join(_LOG_COLUMNS)})"
-    " SELECT bumped.last_sequence - :count + batch.position, "
-    + ", ".join(f"batch.{name}" for name in _LOG_COLUMNS)
-    + " FROM bumped CROSS JOIN notified CROSS JOIN unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _LOG_COLUMNS.items())
-    + f") WITH ORDINALITY AS batch({', '.join(_LOG_COLUMNS)}, position)"
-    " RETURNING sequence"
+_LOG_INSERT = Prepared(
+    text(
+        "WITH bumped AS (UPDATE metadata_run_change_counter SET last_sequence = last_sequence + :count"  # noqa: S608
+        " WHERE id = :counter RETURNING last_sequence),"
+        " notified AS (SELECT pg_notify(:channel, CAST(last_sequence AS text)) AS sent FROM bumped)"
+        f" INSERT INTO metadata_run_changes (sequence, {', '.join(_LOG_COLUMNS)})"
+        " SELECT bumped.last_sequence - :count + batch.position, "
+        + ", ".join(f"batch.{name}" for name in _LOG_COLUMNS)
+        + " FROM bumped CROSS JOIN notified CROSS JOIN unnest("
+        + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _LOG_COLUMNS.items())
+        + f") WITH ORDINALITY AS batch({', '.join(_LOG_COLUMNS)}, position)"
+        " RETURNING sequence"
+    ).columns(sequence=BigInteger)
 )
 
 
@@ -235,8 +238,8 @@ class ChangeBatch:
             params[name] = [
                 json.dumps(row[name]) if name in ("run", "step_run") else row[name] for row in rows
             ]
-        written = await conn.execute(_LOG_INSERT, params)
-        return max(int(sequence) for sequence in written.scalars())
+        written = await _LOG_INSERT.rows(conn, params)
+        return max(int(row["sequence"]) for row in written)
 
 
 async def cursor_bounds(conn: AsyncConnection) -> tuple[int, int]:
