@@ -35,6 +35,7 @@ from sqlalchemy import (
     exists,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -234,19 +235,17 @@ _ARTIFACTS_BY_NAMES = Prepared(
         artifacts.c.name.in_(bindparam("names", expanding=True)),
     )
 )
-_LOCK_COUNTERS = Prepared(
-    select(artifacts.c.id, artifacts.c.latest_version_number)
-    .where(
-        artifacts.c.project_id == bindparam("project_id"),
-        artifacts.c.id.in_(bindparam("ids", expanding=True)),
-    )
-    .order_by(artifacts.c.id)
-    .with_for_update()
-)
-_SET_COUNTER = Prepared(
-    update(artifacts)
-    .where(artifacts.c.id == bindparam("artifact_id"))
-    .values(latest_version_number=bindparam("number"))
+# Locks the counters in id order, then moves them all, in one statement: FOR UPDATE keeps the
+# sub-select a unit of its own (never merged into the join), which locks its rows sorted by id,
+# all of them when the join first reads it; so two batches over the same artifacts cannot deadlock.
+_TAKE_NUMBERS = Prepared(
+    text(
+        "UPDATE metadata_artifacts AS a SET latest_version_number = a.latest_version_number + c.n"
+        " FROM unnest(CAST(:ids AS varchar[]), CAST(:counts AS bigint[])) AS c(id, n)"
+        " WHERE a.id = c.id AND a.id IN (SELECT id FROM metadata_artifacts"
+        " WHERE project_id = :project_id AND id = ANY(CAST(:ids AS varchar[])) ORDER BY id FOR UPDATE)"
+        " RETURNING a.id, a.latest_version_number"
+    ).columns(id=String, latest_version_number=BigInteger)
 )
 _INSERT_VERSIONS = Prepared(insert(artifact_versions))
 _VERSIONS_BY_IDS = Prepared(
@@ -388,24 +387,21 @@ async def next_version_number(conn: AsyncConnection, project_id: str, artifact_i
 async def take_version_numbers(
     conn: AsyncConnection, project_id: str, counts: Mapping[str, int]
 ) -> dict[str, int]:
-    """Takes `counts[id]` consecutive version numbers of each artifact; the first of each (two statements).
+    """Takes `counts[id]` consecutive version numbers of each artifact; the first of each (one statement).
 
-    On PostgreSQL the rows are read and locked in id order (FOR UPDATE with ORDER
-    BY locks in that order), so two batches over the same artifacts cannot
-    deadlock, then one executemany UPDATE moves the counters. SQLite has one
-    writer at a time: one UPDATE … RETURNING moves them all. Missing artifacts are
-    absent from the answer.
+    Every batch of a pipeline's runs moves the same counters, and each holds their
+    locks until it commits, so on PostgreSQL this is one statement that locks in id
+    order (two batches over the same artifacts cannot deadlock). SQLite has one
+    writer at a time. Missing artifacts are absent from the answer.
     """
     if not counts:
         return {}
     ids = sorted(counts)
     if conn.dialect.name == "postgresql":
-        locked = await _LOCK_COUNTERS.rows(conn, {"project_id": project_id, "ids": ids})
-        first = {row["id"]: int(row["latest_version_number"]) + 1 for row in locked}
-        await _SET_COUNTER.execute_many(
-            conn, [{"artifact_id": i, "number": first[i] + counts[i] - 1} for i in sorted(first)]
+        moved = await _TAKE_NUMBERS.rows(
+            conn, {"project_id": project_id, "ids": ids, "counts": [counts[i] for i in ids]}
         )
-        return first
+        return {row["id"]: int(row["latest_version_number"]) - counts[row["id"]] + 1 for row in moved}
     step = case(counts, value=artifacts.c.id, else_=0)
     rows = await conn.execute(
         update(artifacts)
