@@ -15,6 +15,7 @@ backstop.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -235,17 +236,42 @@ _ARTIFACTS_BY_NAMES = Prepared(
         artifacts.c.name.in_(bindparam("names", expanding=True)),
     )
 )
-# Locks the counters in id order, then moves them all, in one statement: FOR UPDATE keeps the
-# sub-select a unit of its own (never merged into the join), which locks its rows sorted by id,
-# all of them when the join first reads it; so two batches over the same artifacts cannot deadlock.
-_TAKE_NUMBERS = Prepared(
+# The columns of a new version the batch gives (number and project come from the statement).
+_NEW_VERSION_COLUMNS = {
+    "id": "varchar",
+    "artifact_id": "varchar",
+    "k": "bigint",  # the version's place among the batch's new versions of its artifact, from 0
+    "uri": "varchar",
+    "type": "varchar",
+    "materializer": "varchar",
+    "content_hash": "varchar",
+    "size_bytes": "bigint",
+    "producer_step_run_id": "varchar",
+    "producer_run_id": "varchar",
+    "create_time": "timestamptz",
+}
+_STORED_VERSION_COLUMNS = [name for name in _NEW_VERSION_COLUMNS if name != "k"]
+# Numbers and inserts new versions in one statement, so the artifacts' counters (every run of a
+# pipeline moves the same ones, each holding them until it commits) are held for one round trip
+# and the COMMIT. The counters are locked in id order: FOR UPDATE keeps the sub-select a unit of
+# its own (never merged into the join), which locks its rows sorted by id when the join first
+# reads it, so two batches over the same artifacts cannot deadlock.
+_NUMBER_AND_INSERT_VERSIONS = Prepared(
     text(
-        "UPDATE metadata_artifacts AS a SET latest_version_number = a.latest_version_number + c.n"
+        "WITH moved AS (UPDATE metadata_artifacts AS a"  # noqa: S608 - fixed text, values bound
+        " SET latest_version_number = a.latest_version_number + c.n"
         " FROM unnest(CAST(:ids AS varchar[]), CAST(:counts AS bigint[])) AS c(id, n)"
         " WHERE a.id = c.id AND a.id IN (SELECT id FROM metadata_artifacts"
         " WHERE project_id = :project_id AND id = ANY(CAST(:ids AS varchar[])) ORDER BY id FOR UPDATE)"
-        " RETURNING a.id, a.latest_version_number"
-    ).columns(id=String, latest_version_number=BigInteger)
+        " RETURNING a.id, a.latest_version_number - c.n AS base)"
+        f" INSERT INTO metadata_artifact_versions (project_id, number, {', '.join(_STORED_VERSION_COLUMNS)})"
+        " SELECT :project_id, moved.base + v.k + 1, "
+        + ", ".join(f"v.{name}" for name in _STORED_VERSION_COLUMNS)
+        + " FROM unnest("
+        + ", ".join(f"CAST(:v_{name} AS {kind}[])" for name, kind in _NEW_VERSION_COLUMNS.items())
+        + f") AS v({', '.join(_NEW_VERSION_COLUMNS)}) JOIN moved ON moved.id = v.artifact_id"
+        " RETURNING id, number"
+    ).columns(id=String, number=BigInteger)
 )
 _INSERT_VERSIONS = Prepared(insert(artifact_versions))
 _VERSIONS_BY_IDS = Prepared(
@@ -384,37 +410,45 @@ async def next_version_number(conn: AsyncConnection, project_id: str, artifact_i
     return None if number is None else int(number)
 
 
-async def take_version_numbers(
-    conn: AsyncConnection, project_id: str, counts: Mapping[str, int]
-) -> dict[str, int]:
-    """Takes `counts[id]` consecutive version numbers of each artifact; the first of each (one statement).
+async def insert_numbered_versions(
+    conn: AsyncConnection, project_id: str, records: Sequence[VersionRecord]
+) -> list[VersionRecord]:
+    """Inserts new versions of existing artifacts, numbered after each artifact's latest in the given
+    order (their `number` is ignored); the versions as stored.
 
-    Every batch of a pipeline's runs moves the same counters, and each holds their
-    locks until it commits, so on PostgreSQL this is one statement that locks in id
-    order (two batches over the same artifacts cannot deadlock). SQLite has one
-    writer at a time. Missing artifacts are absent from the answer.
+    The counters stay locked until the transaction ends, so numbers have no gaps
+    and no repeats. On PostgreSQL one statement numbers and inserts (see above);
+    SQLite has one writer at a time: one UPDATE … RETURNING, then the INSERT.
     """
-    if not counts:
-        return {}
+    if not records:
+        return []
+    counts: Counter[str] = Counter()
+    places = []
+    for record in records:
+        places.append(counts[record.artifact_id])
+        counts[record.artifact_id] += 1
     ids = sorted(counts)
     if conn.dialect.name == "postgresql":
-        moved = await _TAKE_NUMBERS.rows(
-            conn, {"project_id": project_id, "ids": ids, "counts": [counts[i] for i in ids]}
-        )
-        return {row["id"]: int(row["latest_version_number"]) - counts[row["id"]] + 1 for row in moved}
+        params: dict[str, Any] = {"project_id": project_id, "ids": ids, "counts": [counts[i] for i in ids]}
+        for name in _NEW_VERSION_COLUMNS:
+            params[f"v_{name}"] = places if name == "k" else [getattr(r, name) for r in records]
+        stored = await _NUMBER_AND_INSERT_VERSIONS.rows(conn, params)
+        numbers = {row["id"]: int(row["number"]) for row in stored}
+        return [dataclasses.replace(record, number=numbers[record.id]) for record in records]
     step = case(counts, value=artifacts.c.id, else_=0)
-    rows = await conn.execute(
+    moved = await conn.execute(
         update(artifacts)
         .where(artifacts.c.project_id == project_id, artifacts.c.id.in_(ids))
         .values(latest_version_number=artifacts.c.latest_version_number + step)
         .returning(artifacts.c.id, artifacts.c.latest_version_number)
     )
-    return {row.id: int(row.latest_version_number) - counts[row.id] + 1 for row in rows}
-
-
-async def insert_versions(conn: AsyncConnection, records: Sequence[VersionRecord]) -> None:
-    """Inserts artifact versions in one statement (numbers taken with take_version_numbers)."""
-    await _INSERT_VERSIONS.execute_many(conn, [values_of(record) for record in records])
+    first = {row.id: int(row.latest_version_number) - counts[row.id] + 1 for row in moved}
+    numbered = [
+        dataclasses.replace(record, number=first[record.artifact_id] + place)
+        for record, place in zip(records, places, strict=True)
+    ]
+    await _INSERT_VERSIONS.execute_many(conn, [values_of(record) for record in numbered])
+    return numbered
 
 
 async def insert_version(conn: AsyncConnection, record: VersionRecord) -> None:

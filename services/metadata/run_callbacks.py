@@ -402,35 +402,29 @@ class RunCallbacks:
         batch: BatchResult,
         now: datetime,
     ) -> None:
-        """Numbers the new versions (per artifact, atomically), inserts them and fills the results."""
-        created: dict[str, st.VersionRecord] = {}
-        if planned.fresh:
-            artifacts = planned.artifacts
-            numbers = await st.take_version_numbers(
-                conn,
-                project_id,
-                Counter(artifacts[output.artifact_name].id for _, output, _ in planned.fresh),
+        """Numbers and inserts the new versions (per artifact, atomically) and fills the results."""
+        artifacts = planned.artifacts
+        fresh = [
+            st.VersionRecord(
+                id=version_id,
+                project_id=project_id,
+                artifact_id=artifacts[output.artifact_name].id,
+                number=0,  # numbered by the store
+                uri=output.version.uri,
+                type=output.version.type or artifacts[output.artifact_name].type,
+                materializer=output.version.materializer,
+                content_hash=output.version.content_hash,
+                size_bytes=output.version.size_bytes,
+                producer_step_run_id=step.id,
+                producer_run_id=run_id,
+                create_time=now,
             )
-            for step, output, version_id in planned.fresh:
-                artifact = artifacts[output.artifact_name]
-                number = numbers[artifact.id]
-                numbers[artifact.id] = number + 1
-                created[version_id] = st.VersionRecord(
-                    id=version_id,
-                    project_id=project_id,
-                    artifact_id=artifact.id,
-                    number=number,
-                    uri=output.version.uri,
-                    type=output.version.type or artifact.type,
-                    materializer=output.version.materializer,
-                    content_hash=output.version.content_hash,
-                    size_bytes=output.version.size_bytes,
-                    producer_step_run_id=step.id,
-                    producer_run_id=run_id,
-                    create_time=now,
-                )
-                batch.new_version_ids.append(version_id)
-            await st.insert_versions(conn, list(created.values()))
+            for step, output, version_id in planned.fresh
+        ]
+        created = {
+            version.id: version for version in await st.insert_numbered_versions(conn, project_id, fresh)
+        }
+        batch.new_version_ids.extend(version.id for version in fresh)
         for result, _, _, version, version_id in planned.entries:
             result.versions.append(version or created[version_id])
 
