@@ -144,3 +144,29 @@ def _translated(adapted: Any, dialect: Dialect, sql: str, args: list[Any], error
     except Exception as dbapi_error:
         return exc.DBAPIError.instance(sql, args, dbapi_error, dialect.loaded_dbapi.Error)
     return error
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows bound as one array per column and read back with PostgreSQL's unnest, so one statement
+    text (prepared once) serves a batch of any size, where a multi-row VALUES would be a new
+    statement per size. `columns` maps each column to its PostgreSQL type; parameters are named
+    `prefix + column`."""
+
+    columns: Mapping[str, str]
+    prefix: str = ""
+
+    def source(self, alias: str, *, ordinality: str = "") -> str:
+        """`unnest(...) AS alias(columns)` (with a 1-based `ordinality` column when named)."""
+        arrays = ", ".join(f"CAST(:{self.prefix}{name} AS {kind}[])" for name, kind in self.columns.items())
+        names = [*self.columns, ordinality] if ordinality else list(self.columns)
+        with_ordinality = " WITH ORDINALITY" if ordinality else ""
+        return f"unnest({arrays}){with_ordinality} AS {alias}({', '.join(names)})"
+
+    def names(self, alias: str = "") -> str:
+        """The column names, comma separated (each qualified by `alias` when given)."""
+        return ", ".join(f"{alias}.{name}" if alias else name for name in self.columns)
+
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        """The arrays to bind for these rows."""
+        return {f"{self.prefix}{name}": [row[name] for row in rows] for name in self.columns}

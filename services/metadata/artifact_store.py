@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.kit.db import UtcDateTime
 from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
-from services.kit.prepared import Prepared
+from services.kit.prepared import Batch, Prepared
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import annotation_store
 from services.metadata.annotation_store import annotation_filters
@@ -237,20 +237,23 @@ _ARTIFACTS_BY_NAMES = Prepared(
     )
 )
 # The columns of a new version the batch gives (number and project come from the statement).
-_NEW_VERSION_COLUMNS = {
-    "id": "varchar",
-    "artifact_id": "varchar",
-    "k": "bigint",  # the version's place among the batch's new versions of its artifact, from 0
-    "uri": "varchar",
-    "type": "varchar",
-    "materializer": "varchar",
-    "content_hash": "varchar",
-    "size_bytes": "bigint",
-    "producer_step_run_id": "varchar",
-    "producer_run_id": "varchar",
-    "create_time": "timestamptz",
-}
-_STORED_VERSION_COLUMNS = [name for name in _NEW_VERSION_COLUMNS if name != "k"]
+_NEW_VERSIONS = Batch(
+    {
+        "id": "varchar",
+        "artifact_id": "varchar",
+        "k": "bigint",  # the version's place among the batch's new versions of its artifact, from 0
+        "uri": "varchar",
+        "type": "varchar",
+        "materializer": "varchar",
+        "content_hash": "varchar",
+        "size_bytes": "bigint",
+        "producer_step_run_id": "varchar",
+        "producer_run_id": "varchar",
+        "create_time": "timestamptz",
+    },
+    prefix="v_",
+)
+_STORED_VERSION_COLUMNS = [name for name in _NEW_VERSIONS.columns if name != "k"]
 # Numbers and inserts new versions in one statement, so the artifacts' counters (every run of a
 # pipeline moves the same ones, each holding them until it commits) are held for one round trip
 # and the COMMIT. The counters are locked in id order: FOR UPDATE keeps the sub-select a unit of
@@ -267,9 +270,7 @@ _NUMBER_AND_INSERT_VERSIONS = Prepared(
         f" INSERT INTO metadata_artifact_versions (project_id, number, {', '.join(_STORED_VERSION_COLUMNS)})"
         " SELECT :project_id, moved.base + v.k + 1, "
         + ", ".join(f"v.{name}" for name in _STORED_VERSION_COLUMNS)
-        + " FROM unnest("
-        + ", ".join(f"CAST(:v_{name} AS {kind}[])" for name, kind in _NEW_VERSION_COLUMNS.items())
-        + f") AS v({', '.join(_NEW_VERSION_COLUMNS)}) JOIN moved ON moved.id = v.artifact_id"
+        + f" FROM {_NEW_VERSIONS.source('v')} JOIN moved ON moved.id = v.artifact_id"
         " RETURNING id, number"
     ).columns(id=String, number=BigInteger)
 )
@@ -429,10 +430,9 @@ async def insert_numbered_versions(
         counts[record.artifact_id] += 1
     ids = sorted(counts)
     if conn.dialect.name == "postgresql":
-        params: dict[str, Any] = {"project_id": project_id, "ids": ids, "counts": [counts[i] for i in ids]}
-        for name in _NEW_VERSION_COLUMNS:
-            params[f"v_{name}"] = places if name == "k" else [getattr(r, name) for r in records]
-        stored = await _NUMBER_AND_INSERT_VERSIONS.rows(conn, params)
+        rows = [{**values_of(record), "k": place} for record, place in zip(records, places, strict=True)]
+        params = {"project_id": project_id, "ids": ids, "counts": [counts[i] for i in ids]}
+        stored = await _NUMBER_AND_INSERT_VERSIONS.rows(conn, {**params, **_NEW_VERSIONS.params(rows)})
         numbers = {row["id"]: int(row["number"]) for row in stored}
         return [dataclasses.replace(record, number=numbers[record.id]) for record in records]
     step = case(counts, value=artifacts.c.id, else_=0)

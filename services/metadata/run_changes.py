@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.db import UtcDateTime
 from services.kit.filtering import FilterField, parse_filter
-from services.kit.prepared import Prepared
+from services.kit.prepared import Batch, Prepared
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import run_store as rs
 from services.metadata.rows import values_of
@@ -130,22 +130,24 @@ def _decode(cls: Any, values: Mapping[str, Any]) -> Any:
     return cls(**fields)
 
 
-_LOG_COLUMNS = {
-    "project_id": "varchar",
-    "run_id": "varchar",
-    "step_run_id": "varchar",
-    "kind": "varchar",
-    "change_time": "timestamptz",
-    "status": "varchar",
-    "pipeline_id": "varchar",
-    "snapshot_id": "varchar",
-    "trigger": "varchar",
-    "create_time": "timestamptz",
-    "start_time": "timestamptz",
-    "end_time": "timestamptz",
-    "run": "json",
-    "step_run": "json",
-}
+_LOG_ROWS = Batch(
+    {
+        "project_id": "varchar",
+        "run_id": "varchar",
+        "step_run_id": "varchar",
+        "kind": "varchar",
+        "change_time": "timestamptz",
+        "status": "varchar",
+        "pipeline_id": "varchar",
+        "snapshot_id": "varchar",
+        "trigger": "varchar",
+        "create_time": "timestamptz",
+        "start_time": "timestamptz",
+        "end_time": "timestamptz",
+        "run": "json",
+        "step_run": "json",
+    }
+)
 # PostgreSQL: the counter bump, the rows and the NOTIFY (delivered at commit) in one statement.
 # Built from the constant column list above only; every value is a bound parameter.
 _LOG_INSERT = Prepared(
@@ -153,12 +155,9 @@ _LOG_INSERT = Prepared(
         "WITH bumped AS (UPDATE metadata_run_change_counter SET last_sequence = last_sequence + :count"  # noqa: S608
         " WHERE id = :counter RETURNING last_sequence),"
         " notified AS (SELECT pg_notify(:channel, CAST(last_sequence AS text)) AS sent FROM bumped)"
-        f" INSERT INTO metadata_run_changes (sequence, {', '.join(_LOG_COLUMNS)})"
-        " SELECT bumped.last_sequence - :count + batch.position, "
-        + ", ".join(f"batch.{name}" for name in _LOG_COLUMNS)
-        + " FROM bumped CROSS JOIN notified CROSS JOIN unnest("
-        + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _LOG_COLUMNS.items())
-        + f") WITH ORDINALITY AS batch({', '.join(_LOG_COLUMNS)}, position)"
+        f" INSERT INTO metadata_run_changes (sequence, {_LOG_ROWS.names()})"
+        f" SELECT bumped.last_sequence - :count + batch.position, {_LOG_ROWS.names('batch')}"
+        f" FROM bumped CROSS JOIN notified CROSS JOIN {_LOG_ROWS.source('batch', ordinality='position')}"
         " RETURNING sequence"
     ).columns(sequence=BigInteger)
 )
@@ -232,12 +231,10 @@ class ChangeBatch:
                 [{"sequence": last - count + 1 + row.pop("offset"), **row} for row in rows],
             )
             return last
-        # Arrays through unnest: one statement text whatever the batch size, compiled and prepared once.
-        params: dict[str, Any] = {"count": count, "counter": COUNTER_ID, "channel": NOTIFY_CHANNEL}
-        for name in _LOG_COLUMNS:
-            params[name] = [
-                json.dumps(row[name]) if name in ("run", "step_run") else row[name] for row in rows
-            ]
+        for row in rows:
+            row["run"] = json.dumps(row["run"])
+            row["step_run"] = json.dumps(row["step_run"])
+        params = {"count": count, "counter": COUNTER_ID, "channel": NOTIFY_CHANNEL, **_LOG_ROWS.params(rows)}
         written = await _LOG_INSERT.rows(conn, params)
         return max(int(row["sequence"]) for row in written)
 

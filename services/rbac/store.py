@@ -31,10 +31,11 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -44,6 +45,7 @@ from services.kit import idempotency as kit_idempotency
 from services.kit.db import UtcDateTime
 from services.kit.filtering import FilterField, parse_filter
 from services.kit.pagination import page_size, paginate, parse_order_by, query_fingerprint
+from services.kit.prepared import Batch, Prepared
 from services.rbac.evaluator import Binding, Membership, Ref, SubjectKey
 
 metadata = MetaData()
@@ -313,6 +315,29 @@ def _ownership_row(record: OwnershipRecord) -> dict[str, Any]:
         "owner_id": record.subject_id,
         "create_time": record.create_time,
     }
+
+
+# Claims (every create in a workspace records one): one statement text for any batch on PostgreSQL.
+_OWNERSHIP_ROWS = Batch(
+    {
+        "organization_id": "varchar",
+        "resource_type": "varchar",
+        "resource_id": "varchar",
+        "id": "varchar",
+        "workspace_id": "varchar",
+        "project_id": "varchar",
+        "owner_kind": "varchar",
+        "owner_id": "varchar",
+        "create_time": "timestamptz",
+    }
+)
+_CLAIM_OWNERSHIPS = Prepared(
+    text(
+        f"INSERT INTO rbac_ownerships ({_OWNERSHIP_ROWS.names()})"  # noqa: S608 - fixed text, values bound
+        f" SELECT {_OWNERSHIP_ROWS.names('claim')} FROM {_OWNERSHIP_ROWS.source('claim')}"
+        " ON CONFLICT DO NOTHING RETURNING resource_id"
+    ).columns(resource_id=String)
+)
 
 
 def _nothing() -> None:
@@ -766,10 +791,11 @@ class RbacTx:
         """
         if not records:
             return 0
-        dialect = postgresql if self.conn.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(ownerships).values([_ownership_row(r) for r in records])
-        result = await self.conn.execute(statement.on_conflict_do_nothing())
-        return int(result.rowcount)
+        rows = [_ownership_row(r) for r in records]
+        if self.conn.dialect.name == "postgresql":
+            return len(await _CLAIM_OWNERSHIPS.rows(self.conn, _OWNERSHIP_ROWS.params(rows)))
+        statement = sqlite.insert(ownerships).values(rows).on_conflict_do_nothing()
+        return int((await self.conn.execute(statement)).rowcount)
 
     async def delete_resource_ownerships(
         self, organization_id: str, resource_type: str, resource_id: str
