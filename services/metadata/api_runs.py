@@ -8,6 +8,7 @@ always the caller, never a client-supplied id.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from services.metadata import run_callbacks as rcb
 from services.metadata.api_artifacts import version_input, version_message
 from services.metadata.api_pipelines import timestamp
 from services.metadata.artifacts import StepOutput
-from services.metadata.domain import MetadataDomain, forget_quietly, principal_key
+from services.metadata.domain import MetadataDomain, forget_quietly, principal_key, while_owning
 from services.metadata.run_callbacks import RunCallbacks
 from services.metadata.run_store import RunRecord, StepRunRecord
 from services.metadata.runs import Runs
@@ -149,16 +150,27 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         trigger = _TRIGGERS.get(request.trigger.kind)
         if trigger is None:
             raise InvalidArgument("trigger.kind", "must be USER, SCHEDULE or DASHBOARD")
-        record, _ = await self.runs.create_run(
+        run_id = str(uuid.uuid4())
+        record, _ = await while_owning(
+            self._domain,
+            principal,
+            "run",
+            run_id,
             request.project_id,
-            request.snapshot_id,
-            trigger=trigger,
-            principal=principal_key(principal),
-            orchestrator_run_id=request.orchestrator_run_id,
-            request_id=request.request_id,
-            triggered_by=principal.subject,
+            self.runs.create_run(
+                request.project_id,
+                request.snapshot_id,
+                trigger=trigger,
+                principal=principal_key(principal),
+                orchestrator_run_id=request.orchestrator_run_id,
+                request_id=request.request_id,
+                triggered_by=principal.subject,
+                run_id=run_id,
+            ),
         )
-        await self._domain.ownership.record(principal, "run", record.id, record.project_id)
+        if record.id != run_id:  # a retry, answered with the first request's run
+            await forget_quietly(self._domain, principal, "run", run_id, record.project_id)
+            await self._domain.ownership.record(principal, "run", record.id, record.project_id)
         return run_message(record)
 
     async def GetRun(self, request: runs_pb2.GetRunRequest, context: Context) -> runs_pb2.Run:

@@ -8,10 +8,11 @@ failed create. Delete: the row goes in one transaction, then its bindings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -102,6 +103,36 @@ async def create_owned(
         raise
     assert created is not None  # written in this very transaction
     return created
+
+
+async def while_owning(
+    domain: MetadataDomain,
+    principal: Principal,
+    resource_type: str,
+    resource_id: str,
+    project_id: str,
+    write: Coroutine[Any, Any, Created],
+) -> Created:
+    """Runs `write` (which creates `resource_id`) while RBAC records the caller as its owner.
+
+    The two take about as long, so a create costs the longer of them, not their
+    sum (the run-recording path). A failed write forgets the ownership; a failed
+    ownership fails the call after the write, whose retry (same request id)
+    records it again.
+    """
+    claim = asyncio.ensure_future(domain.ownership.record(principal, resource_type, resource_id, project_id))
+    try:
+        written = await write
+    except BaseException:
+        try:
+            recorded = await claim
+        except errors.KeelError:
+            recorded = False
+        if recorded:
+            await forget_quietly(domain, principal, resource_type, resource_id, project_id)
+        raise
+    await claim
+    return written
 
 
 async def forget_quietly(

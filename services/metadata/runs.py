@@ -126,10 +126,12 @@ class Runs:
         orchestrator_run_id: str = "",
         request_id: str = "",
         triggered_by: str = "",
+        run_id: str = "",
     ) -> tuple[RunRecord, bool]:
         """A new INITIALIZING run with one step run per snapshot step; False when a retry of `request_id`.
 
-        `principal` keys the request id; `triggered_by` (default: `principal`) is the trigger's principal id.
+        `principal` keys the request id; `triggered_by` (default: `principal`) is the trigger's principal id;
+        `run_id` (default: a new one) is the new run's id.
         """
         check_id(project_id, "project_id")
         check_id(snapshot_id, "snapshot_id")
@@ -153,7 +155,7 @@ class Runs:
             await ps.get_pipeline(tx.conn, project_id, snapshot.pipeline_id, for_share=True)
             now = self._clock.now()
             run = RunRecord(
-                id=self._new_id(),
+                id=run_id or self._new_id(),
                 project_id=project_id,
                 pipeline_id=snapshot.pipeline_id,
                 snapshot_id=snapshot_id,

@@ -7,13 +7,14 @@ import uuid
 
 import grpc
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from keel.metadata.v1 import pipelines_pb2 as pp
 from keel.metadata.v1 import pipelines_pb2_grpc as pp_grpc
 from keel.metadata.v1 import runs_pb2 as rp
 from keel.metadata.v1 import runs_pb2_grpc as rp_grpc
 from services.metadata.store import stacks
+from services.rbac.store import ownerships
 from tests.metadata.conftest import MetadataStack, field_of
 
 Status = rp.Run.Status
@@ -339,3 +340,59 @@ async def test_watch_run_streams_each_change_over_grpc_and_resumes_from_a_cursor
     ]
     cursors = [change.cursor] + [e.cursor for e in missed]
     assert cursors == sorted(set(cursors))
+
+
+async def _owned_runs(stack: MetadataStack) -> dict[str, str]:
+    """Every run ownership RBAC holds for the organization: run id → owner id."""
+    async with stack.orgs.rbac.domain.store.transaction() as tx:
+        rows = await tx.conn.execute(
+            select(ownerships.c.resource_id, ownerships.c.owner_id).where(
+                ownerships.c.organization_id == stack.organization_id, ownerships.c.resource_type == "run"
+            )
+        )
+        return {row.resource_id: row.owner_id for row in rows}
+
+
+async def test_create_run_records_its_owner_once_and_nothing_for_a_failed_create_or_a_retry(
+    metadata_stack: MetadataStack,
+) -> None:
+    stack = metadata_stack
+    owner = stack.owner.metadata
+    pipelines = pp_grpc.PipelineServiceStub(stack.channel)
+    runs = rp_grpc.RunServiceStub(stack.channel)
+    project = await stack.project()
+    pipeline = await pipelines.CreatePipeline(
+        pp.CreatePipelineRequest(
+            workspace_id=stack.workspace_id, project_id=project.id, pipeline=pp.Pipeline(name="p")
+        ),
+        metadata=owner,
+    )
+    snapshot = await pipelines.CreateSnapshot(
+        pp.CreateSnapshotRequest(
+            workspace_id=stack.workspace_id,
+            project_id=project.id,
+            pipeline_id=pipeline.id,
+            snapshot=_diamond(await _stack_id(stack)),
+        ),
+        metadata=owner,
+    )
+
+    def create(snapshot_id: str, request_id: str) -> rp.CreateRunRequest:
+        return rp.CreateRunRequest(
+            workspace_id=stack.workspace_id,
+            project_id=project.id,
+            snapshot_id=snapshot_id,
+            trigger=rp.RunTrigger(kind=rp.RunTrigger.USER),
+            request_id=request_id,
+        )
+
+    run = await runs.CreateRun(create(snapshot.id, "first"), metadata=owner)
+    again = await runs.CreateRun(create(snapshot.id, "first"), metadata=owner)  # a retry
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await runs.CreateRun(create(str(uuid.uuid4()), "second"), metadata=owner)
+
+    assert again.id == run.id
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    # Ownership is recorded while the run is written: the retry's and the failed create's claims
+    # (on ids that never became runs) were forgotten.
+    assert await _owned_runs(stack) == {run.id: stack.owner.id}
