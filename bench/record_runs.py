@@ -27,9 +27,10 @@ With --replicas N, N metadata server processes serve the same database
 (the service is stateless) and the recorders are spread over them.
 
 Figures: runs/s over --seconds of recording after a warm-up, median of
---rounds rounds, with call p50/p99 and the servers' CPU time per recorded run
-(from /proc, so a busy machine changes it little); ceiling = GetProject
-calls/s with the same concurrency.
+--rounds rounds, with call p50/p99 and the CPU time per recorded run (from
+/proc, so a busy machine changes it little) of the servers, of this process,
+of PostgreSQL and of the whole machine (with how busy it was); ceiling =
+GetProject calls/s with the same concurrency.
 
     python bench/record_runs.py --database postgresql --recorders 16 --seconds 15 --rounds 3
 """
@@ -114,8 +115,55 @@ class MetadataServer:
 
     def cpu_seconds(self) -> float:
         """CPU time the process used so far (user + system), from /proc: robust to a busy machine."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(str(self.pid))
+
+
+def process_cpu_seconds(pid: str) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on this machine (its backends included)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().startswith("postgres"):
+                total += process_cpu_seconds(entry.name)
+        except OSError:
+            continue  # the process ended
+    return total
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat (idle and iowait not busy)."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    every = sum(ticks[:8]) / os.sysconf("SC_CLK_TCK")
+    return every - (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK"), every
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    """CPU seconds used so far: the servers, this process (control plane + recorders), PostgreSQL, the
+    machine (busy and all)."""
+
+    servers: float
+    bench: float
+    postgres: float
+    busy: float
+    every: float
+
+    @classmethod
+    def now(cls, servers: list[MetadataServer]) -> CpuMark:
+        busy, every = machine_cpu_seconds()
+        return cls(
+            sum(server.cpu_seconds() for server in servers),
+            process_cpu_seconds("self"),
+            postgres_cpu_seconds(),
+            busy,
+            every,
+        )
 
 
 @asynccontextmanager
@@ -369,11 +417,16 @@ async def main() -> None:
             for mode in modes:
                 rounds, cpu_per_run = [], []
                 for _ in range(args.rounds):
-                    cpu = sum(server.cpu_seconds() for server in servers)
+                    before = CpuMark.now(servers)
                     rate, latencies, runs = await record_for(recorders, mode, args.seconds)
                     rounds.append((rate, latencies))
-                    used = sum(server.cpu_seconds() for server in servers) - cpu
-                    cpu_per_run.append(used / max(runs, 1) * 1000)
+                    after = CpuMark.now(servers)
+                    per_run = [
+                        (getattr(after, name) - getattr(before, name)) / max(runs, 1) * 1000
+                        for name in ("servers", "bench", "postgres", "busy")
+                    ]
+                    busy = (after.busy - before.busy) / (after.every - before.every) * 100
+                    cpu_per_run.append((*per_run, busy))
                 rates = [rate for rate, _ in rounds]
                 median_round = sorted(rounds)[len(rounds) // 2][1]
                 cuts = statistics.quantiles(median_round, n=100)
@@ -381,8 +434,15 @@ async def main() -> None:
                     f"  {mode:<6} {statistics.median(rates):6.1f} complete runs/s "
                     f"(rounds {', '.join(f'{r:.1f}' for r in rates)}); "
                     f"{statistics.median(rates) * CALLS_PER_RUN[mode]:.0f} calls/s; "
-                    f"call p50 {cuts[49] * 1000:.1f} ms p99 {cuts[98] * 1000:.1f} ms; "
-                    f"server CPU {statistics.median(cpu_per_run):.1f} ms per run"
+                    f"call p50 {cuts[49] * 1000:.1f} ms p99 {cuts[98] * 1000:.1f} ms"
+                )
+                servers_ms, bench_ms, postgres_ms, machine_ms, busy = (
+                    statistics.median(values) for values in zip(*cpu_per_run, strict=True)
+                )
+                print(
+                    f"         CPU per run (median of rounds): servers {servers_ms:.1f} ms, this process "
+                    f"(control plane + recorders) {bench_ms:.1f} ms, PostgreSQL {postgres_ms:.1f} ms; "
+                    f"whole machine {machine_ms:.1f} ms ({busy:.0f} % busy)"
                 )
                 by_call: dict[str, list[float]] = {}
                 for recorder in recorders:
