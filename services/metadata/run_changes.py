@@ -196,6 +196,14 @@ class ChangeBatch:
         if not self._rows:
             return None
         count = len(self._rows)
+        # A batch logs its run once per step change: each record is encoded once.
+        encoded: dict[int, dict[str, Any]] = {}
+
+        def once(record: RunRecord | StepRunRecord) -> dict[str, Any]:
+            if id(record) not in encoded:
+                encoded[id(record)] = _encode(record)
+            return encoded[id(record)]
+
         rows: list[dict[str, Any]] = [
             {
                 "offset": offset,
@@ -211,8 +219,8 @@ class ChangeBatch:
                 "create_time": run.create_time,
                 "start_time": run.start_time,
                 "end_time": run.end_time,
-                "run": _encode(run),
-                "step_run": None if step is None else _encode(step),
+                "run": once(run),
+                "step_run": None if step is None else once(step),
             }
             for offset, (kind, run, step) in enumerate(self._rows)
         ]
@@ -231,9 +239,10 @@ class ChangeBatch:
                 [{"sequence": last - count + 1 + row.pop("offset"), **row} for row in rows],
             )
             return last
+        dumped = {id(values): json.dumps(values) for values in encoded.values()}
         for row in rows:
-            row["run"] = json.dumps(row["run"])
-            row["step_run"] = json.dumps(row["step_run"])
+            row["run"] = dumped[id(row["run"])]
+            row["step_run"] = "null" if row["step_run"] is None else dumped[id(row["step_run"])]
         params = {"count": count, "counter": COUNTER_ID, "channel": NOTIFY_CHANNEL, **_LOG_ROWS.params(rows)}
         written = await _LOG_INSERT.rows(conn, params)
         return max(int(row["sequence"]) for row in written)
