@@ -7,8 +7,9 @@ Processes (so that the client, the gateway and the servers do not share one even
   found through orgs' workspace registry), rate limits off, logging at the default level
   (access logs included);
 - the client: this script with `client`, a separate process measuring
-  1. latency: --calls sequential GetRun over REST (httpx, keep-alive) and over gRPC (grpc.aio),
-     alternating per round; p50/p99 of each and the p50 ratio (target ≤ 1.5);
+  1. latency: --calls sequential GetRun over REST (keep-alive; aiohttp, whose HTTP parser is C,
+     then httpx, pure Python, for comparison) and over gRPC (grpc.aio, C core), alternating per
+     round; p50/p99 of each and the p50 ratio (target ≤ 1.5);
   2. REST throughput for --duration seconds with --connections keep-alive connections: `wrk`
      when installed (the token in a 0600 Lua script, never on a command line), else a bounded
      httpx loop; target ≥ 2,000 requests/s.
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import aiohttp
 import grpc
 import httpx
 
@@ -51,14 +54,15 @@ def _quantiles(latencies: list[float]) -> dict[str, float]:
     return {"p50": cuts[49] * 1000, "p99": cuts[98] * 1000}
 
 
-async def _rest_latency(client: httpx.AsyncClient, path: str, calls: int) -> dict[str, float]:
+async def _rest_latency(get: Callable[[], Awaitable[int]], calls: int) -> dict[str, float]:
+    """Sequential calls of `get` (which answers the HTTP status), timed."""
     latencies = []
     for _ in range(calls):
         start = time.perf_counter()
-        answer = await client.get(path)
+        status = await get()
         latencies.append(time.perf_counter() - start)
-        if answer.status_code != 200:
-            raise RuntimeError(f"REST GetRun answered {answer.status_code}: {answer.text[:200]}")
+        if status != 200:
+            raise RuntimeError(f"REST GetRun answered {status}")
     return _quantiles(latencies)
 
 
@@ -166,15 +170,29 @@ async def client_main(args: argparse.Namespace) -> None:
     channel = grpc.aio.insecure_channel(target["grpc_address"])
     stub = runs_pb2_grpc.RunServiceStub(channel)
     headers = {"authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=target["rest_url"], headers=headers) as rest:
+    async with (
+        httpx.AsyncClient(base_url=target["rest_url"], headers=headers) as rest,
+        aiohttp.ClientSession(base_url=target["rest_url"], headers=headers) as session,
+    ):
+
+        async def with_httpx() -> int:
+            return (await rest.get(path)).status_code
+
+        async def with_aiohttp() -> int:
+            async with session.get(path) as answer:
+                await answer.read()
+                return answer.status
+
         # Warm-up: connections, the gateway's workspace cache, RBAC's and the verifier's caches.
-        await _rest_latency(rest, path, 200)
+        await _rest_latency(with_aiohttp, 200)
+        await _rest_latency(with_httpx, 200)
         await _grpc_latency(stub, request, token, 200)
         rounds = []
         for _ in range(args.rounds):
             rounds.append(
                 {
-                    "rest": await _rest_latency(rest, path, args.calls),
+                    "rest": await _rest_latency(with_aiohttp, args.calls),
+                    "rest_httpx": await _rest_latency(with_httpx, args.calls),
                     "grpc": await _grpc_latency(stub, request, token, args.calls),
                 }
             )
@@ -285,17 +303,24 @@ async def main(args: argparse.Namespace) -> None:
 
 def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\nGetRun, {args.calls} sequential calls per round, {args.rounds} rounds")
-    print("| round | REST p50 | REST p99 | gRPC p50 | gRPC p99 | p50 ratio |")
-    print("|---|---|---|---|---|---|")
-    ratios = []
+    print(
+        "| round | REST p50 (aiohttp) | REST p99 | gRPC p50 (grpc.aio) | gRPC p99 | p50 ratio "
+        "| REST p50 (httpx) | its ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    ratios, httpx_ratios = [], []
     for number, measured in enumerate(results["rounds"], 1):
-        rest, direct = measured["rest"], measured["grpc"]
+        rest, direct, slow = measured["rest"], measured["grpc"], measured["rest_httpx"]
         ratios.append(rest["p50"] / direct["p50"])
+        httpx_ratios.append(slow["p50"] / direct["p50"])
         print(
             f"| {number} | {rest['p50']:.2f} ms | {rest['p99']:.2f} ms | {direct['p50']:.2f} ms "
-            f"| {direct['p99']:.2f} ms | {ratios[-1]:.2f} |"
+            f"| {direct['p99']:.2f} ms | {ratios[-1]:.2f} | {slow['p50']:.2f} ms | {httpx_ratios[-1]:.2f} |"
         )
-    print(f"median p50 ratio: {statistics.median(ratios):.2f} (target ≤ 1.5)")
+    print(
+        f"median p50 ratio: {statistics.median(ratios):.2f} with aiohttp, "
+        f"{statistics.median(httpx_ratios):.2f} with httpx (target ≤ 1.5)"
+    )
     sequential = results.get("sequential")
     if sequential is not None:
         grpc_p50 = statistics.median(measured["grpc"]["p50"] for measured in results["rounds"])
