@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, event, insert, select
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.db import UtcDateTime
 from services.kit.prepared import Prepared
+from tests.statements import counting_statements
 
 metadata = MetaData()
 things = Table(
@@ -41,20 +40,6 @@ async def store(engine: AsyncEngine) -> AsyncEngine:
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     return engine
-
-
-@contextmanager
-def announced(engine: AsyncEngine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def test_rows_come_back_as_through_sqlalchemy(store: AsyncEngine) -> None:
@@ -99,7 +84,7 @@ async def test_a_prepared_first_statement_belongs_to_the_transaction(store: Asyn
 
 
 async def test_statements_are_announced_to_the_engines_listeners(store: AsyncEngine) -> None:
-    with announced(store) as seen:
+    with counting_statements(store) as seen:
         async with store.begin() as conn:
             await INSERT.execute_many(conn, [row("a"), row("b")])
             await BY_IDS.rows(conn, {"ids": ["a"]})

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from services.kit.errors import InvalidArgument, NotFound
 from services.kit.rbac_lookup import EVERYTHING, Lookup
@@ -17,6 +15,7 @@ from services.metadata.artifacts import Artifacts, StepOutput
 from services.metadata.store import MetadataStore
 from tests.clock import ManualClock
 from tests.metadata.artifact_fixtures import RunOfSteps, new_run, project_with_run
+from tests.statements import counting_statements
 
 
 async def _output(artifacts: Artifacts, run: RunOfSteps, step: str, artifact: str) -> str:
@@ -49,17 +48,11 @@ def _names(graph: ln.Graph, run: RunOfSteps, versions: dict[str, str]) -> set[tu
 
 @contextmanager
 def counting(store: MetadataStore) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append(statement)
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
-    try:
-        yield statements
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", seen)
+    """The SELECTs the store runs inside the block."""
+    with counting_statements(store.engine) as statements:
+        selects: list[str] = []
+        yield selects
+    selects.extend(s for s in statements if s.lstrip().upper().startswith("SELECT"))
 
 
 async def test_upstream_of_the_report_is_the_whole_diamond(metadata_store: MetadataStore) -> None:

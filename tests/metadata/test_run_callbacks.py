@@ -32,7 +32,7 @@ from services.metadata.snapshots import SnapshotInput, StepDefinition
 from services.metadata.store import MetadataStore
 from tests.clock import ManualClock
 from tests.metadata.run_fixtures import add_project_and_stack, snapshot_in_new_project
-from tests.metadata.test_runs_store import counting_statements
+from tests.statements import counting_statements
 
 DIAMOND = ("load", "train", "features", "evaluate")
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, select
 
 from services.kit.errors import InvalidArgument, NotFound
 from services.kit.rbac_lookup import EVERYTHING, NOTHING, Lookup
@@ -20,26 +16,12 @@ from services.metadata.snapshots import SnapshotInput, StepDefinition
 from services.metadata.store import MetadataStore
 from tests.clock import ManualClock
 from tests.metadata.run_fixtures import add_project_and_stack, snapshot_in_new_project
+from tests.statements import counting_statements
 
 
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
-
-
-@contextmanager
-def counting_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Every SQL statement the engine runs inside the block."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def test_create_run_makes_every_step_from_the_snapshot(
