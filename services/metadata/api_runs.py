@@ -8,7 +8,6 @@ always the caller, never a client-supplied id.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,8 +16,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from keel.metadata.v1 import runs_pb2, runs_pb2_grpc
-from services.kit import errors
-from services.kit.context import Principal, require_principal
+from services.kit.context import require_principal
 from services.kit.errors import InvalidArgument, PermissionDenied
 from services.kit.pagination import page_size
 from services.metadata import run_callbacks as rcb
@@ -305,30 +303,19 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             principal, "artifact_version", "create", "", request.project_id
         ):
             raise PermissionDenied("permission denied", metadata={"permission": "artifact_version.create"})
-        project_id = request.project_id
-        claims: list[tuple[asyncio.Future[None], rcb.NewOutputs]] = []
-
-        def own(outputs: rcb.NewOutputs) -> None:
-            # Decided mid-batch: the outputs' ownership is recorded while the batch writes them.
-            claims.append((asyncio.ensure_future(self._own(principal, project_id, outputs)), outputs))
-
-        try:
-            batch = await self.callbacks.apply(
-                project_id,
-                request.run_id,
-                callbacks,
-                principal=principal_key(principal),
-                request_id=request.request_id,
-                on_planned=own,
-            )
-        except BaseException:
-            for claim, outputs in claims:
-                await self._forget_claim(claim, principal, project_id, outputs)
-            raise
-        if claims:
-            await claims[0][0]
-        else:  # a retry answered with the first batch's answer: its versions are owned again (idempotent)
-            await self._own(principal, project_id, rcb.NewOutputs([], batch.new_version_ids))
+        batch = await self.callbacks.apply(
+            request.project_id,
+            request.run_id,
+            callbacks,
+            principal=principal_key(principal),
+            request_id=request.request_id,
+        )
+        # After the commit, as RecordStepOutputs: a retry (same request id) records them again, idempotently.
+        for artifact_id in batch.new_artifact_ids:
+            await self._domain.ownership.record(principal, "artifact", artifact_id, request.project_id)
+        await self._domain.ownership.record_many(
+            principal, "artifact_version", batch.new_version_ids, request.project_id
+        )
         return runs_pb2.RecordRunCallbacksResponse(
             results=[
                 runs_pb2.RunCallbackResult(
@@ -339,29 +326,6 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
             ],
             run=run_message(batch.run),
         )
-
-    async def _own(self, principal: Principal, project_id: str, outputs: rcb.NewOutputs) -> None:
-        """The caller owns a batch's new artifacts and versions (one RBAC call: claims are merged)."""
-        ownership = self._domain.ownership
-        await asyncio.gather(
-            *(ownership.record(principal, "artifact", i, project_id) for i in outputs.artifact_ids),
-            ownership.record_many(principal, "artifact_version", outputs.version_ids, project_id),
-        )
-
-    async def _forget_claim(
-        self, claim: asyncio.Future[None], principal: Principal, project_id: str, outputs: rcb.NewOutputs
-    ) -> None:
-        """After a failed batch: what its claim recorded goes again (those outputs were never written)."""
-        try:
-            await claim
-        except errors.KeelError:
-            return  # refused: nothing to forget
-        for resource_type, ids in (
-            ("artifact", outputs.artifact_ids),
-            ("artifact_version", outputs.version_ids),
-        ):
-            for resource_id in ids:
-                await forget_quietly(self._domain, principal, resource_type, resource_id, project_id)
 
     async def WatchRun(
         self, request: runs_pb2.WatchRunRequest, context: Context

@@ -96,14 +96,6 @@ class CallbackResult:
     versions: list[st.VersionRecord] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class NewOutputs:
-    """What a batch's outputs create: artifacts first named by it, and versions (ids)."""
-
-    artifact_ids: list[str]
-    version_ids: list[str]
-
-
 @dataclass
 class BatchResult:
     """The answer of a batch, and what it created now (for ownership)."""
@@ -283,13 +275,8 @@ class RunCallbacks:
         *,
         principal: str,
         request_id: str,
-        on_planned: Callable[[NewOutputs], None] | None = None,
     ) -> BatchResult:
-        """Applies the callbacks in order (all or nothing); a retry of `request_id` gets the first answer.
-
-        `on_planned` hears, mid-transaction, of the artifacts and versions the batch is about to
-        create (not called when it creates none, nor for a retry).
-        """
+        """Applies the callbacks in order (all or nothing); a retry of `request_id` gets the first answer."""
         validate(callbacks)
         check_request_id(request_id)
         key = RequestKey(f"RecordRunCallbacks/{run_id}", principal, request_id)
@@ -315,8 +302,6 @@ class RunCallbacks:
                     results.append(result)
             batch = BatchResult(results, state.run)
             planned = await self._plan_outputs(tx.conn, project_id, run_id, outputs, batch, now)
-            if on_planned is not None and planned.fresh:
-                on_planned(NewOutputs(list(batch.new_artifact_ids), [i for _, _, i in planned.fresh]))
             await state.write(tx.conn)
             batch.run = state.run
             response = {

@@ -21,7 +21,6 @@ from services.metadata.artifact_store import VersionInput
 from services.metadata.artifacts import Artifacts, StepOutput
 from services.metadata.run_callbacks import (
     Callback,
-    NewOutputs,
     RunCallbacks,
     RunStatusReport,
     StepHeartbeatReport,
@@ -331,31 +330,3 @@ async def test_concurrent_batches_number_the_versions_of_shared_artifacts_withou
             if version.artifact_id == artifact_id
         )
         assert numbers == list(range(2, 9)), (name, numbers)
-
-
-async def test_on_planned_hears_once_of_the_outputs_a_batch_creates(
-    metadata_store: MetadataStore, clock: ManualClock
-) -> None:
-    project_id, _, snapshot_id = await snapshot_in_new_project(metadata_store, clock)
-    runs, batches = Runs(metadata_store, clock), RunCallbacks(metadata_store, clock)
-    run, _ = await runs.create_run(project_id, snapshot_id, trigger="user", principal="u")
-    heard: list[NewOutputs] = []
-
-    def planned(outputs: NewOutputs) -> None:
-        heard.append(outputs)
-
-    answer = await batches.apply(
-        project_id, run.id, _whole_run(("load",)), principal="u", request_id="b1", on_planned=planned
-    )
-    await batches.apply(
-        project_id, run.id, _whole_run(("load",)), principal="u", request_id="b1", on_planned=planned
-    )
-    await batches.apply(
-        project_id, run.id, [StepHeartbeatReport("load")], principal="u", request_id="b2", on_planned=planned
-    )
-
-    assert len(heard) == 1  # not for the retry, not for a batch creating nothing
-    outputs = heard[0]
-    assert outputs.version_ids == answer.new_version_ids
-    assert outputs.artifact_ids == answer.new_artifact_ids
-    assert len(outputs.artifact_ids) == 1  # the first output of "data.load" created its artifact
