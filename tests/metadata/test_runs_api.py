@@ -9,10 +9,12 @@ import grpc
 import pytest
 from sqlalchemy import insert, select
 
+from keel.metadata.v1 import artifacts_pb2 as ap
 from keel.metadata.v1 import pipelines_pb2 as pp
 from keel.metadata.v1 import pipelines_pb2_grpc as pp_grpc
 from keel.metadata.v1 import runs_pb2 as rp
 from keel.metadata.v1 import runs_pb2_grpc as rp_grpc
+from services.metadata import artifact_store as st
 from services.metadata.store import stacks
 from services.rbac.store import ownerships
 from tests.metadata.conftest import MetadataStack, field_of
@@ -342,15 +344,37 @@ async def test_watch_run_streams_each_change_over_grpc_and_resumes_from_a_cursor
     assert cursors == sorted(set(cursors))
 
 
-async def _owned_runs(stack: MetadataStack) -> dict[str, str]:
-    """Every run ownership RBAC holds for the organization: run id → owner id."""
+async def _owned(stack: MetadataStack, resource_type: str = "run") -> dict[str, str]:
+    """Every ownership of this type RBAC holds for the organization: resource id → owner id."""
     async with stack.orgs.rbac.domain.store.transaction() as tx:
         rows = await tx.conn.execute(
             select(ownerships.c.resource_id, ownerships.c.owner_id).where(
-                ownerships.c.organization_id == stack.organization_id, ownerships.c.resource_type == "run"
+                ownerships.c.organization_id == stack.organization_id,
+                ownerships.c.resource_type == resource_type,
             )
         )
         return {row.resource_id: row.owner_id for row in rows}
+
+
+async def _diamond_snapshot(stack: MetadataStack, project_id: str) -> str:
+    """A pipeline with the diamond snapshot in the project; the snapshot's id."""
+    pipelines = pp_grpc.PipelineServiceStub(stack.channel)
+    pipeline = await pipelines.CreatePipeline(
+        pp.CreatePipelineRequest(
+            workspace_id=stack.workspace_id, project_id=project_id, pipeline=pp.Pipeline(name="p")
+        ),
+        metadata=stack.owner.metadata,
+    )
+    snapshot = await pipelines.CreateSnapshot(
+        pp.CreateSnapshotRequest(
+            workspace_id=stack.workspace_id,
+            project_id=project_id,
+            pipeline_id=pipeline.id,
+            snapshot=_diamond(await _stack_id(stack)),
+        ),
+        metadata=stack.owner.metadata,
+    )
+    return str(snapshot.id)
 
 
 async def test_create_run_records_its_owner_once_and_nothing_for_a_failed_create_or_a_retry(
@@ -358,24 +382,9 @@ async def test_create_run_records_its_owner_once_and_nothing_for_a_failed_create
 ) -> None:
     stack = metadata_stack
     owner = stack.owner.metadata
-    pipelines = pp_grpc.PipelineServiceStub(stack.channel)
     runs = rp_grpc.RunServiceStub(stack.channel)
     project = await stack.project()
-    pipeline = await pipelines.CreatePipeline(
-        pp.CreatePipelineRequest(
-            workspace_id=stack.workspace_id, project_id=project.id, pipeline=pp.Pipeline(name="p")
-        ),
-        metadata=owner,
-    )
-    snapshot = await pipelines.CreateSnapshot(
-        pp.CreateSnapshotRequest(
-            workspace_id=stack.workspace_id,
-            project_id=project.id,
-            pipeline_id=pipeline.id,
-            snapshot=_diamond(await _stack_id(stack)),
-        ),
-        metadata=owner,
-    )
+    snapshot_id = await _diamond_snapshot(stack, project.id)
 
     def create(snapshot_id: str, request_id: str) -> rp.CreateRunRequest:
         return rp.CreateRunRequest(
@@ -386,8 +395,8 @@ async def test_create_run_records_its_owner_once_and_nothing_for_a_failed_create
             request_id=request_id,
         )
 
-    run = await runs.CreateRun(create(snapshot.id, "first"), metadata=owner)
-    again = await runs.CreateRun(create(snapshot.id, "first"), metadata=owner)  # a retry
+    run = await runs.CreateRun(create(snapshot_id, "first"), metadata=owner)
+    again = await runs.CreateRun(create(snapshot_id, "first"), metadata=owner)  # a retry
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await runs.CreateRun(create(str(uuid.uuid4()), "second"), metadata=owner)
 
@@ -395,4 +404,74 @@ async def test_create_run_records_its_owner_once_and_nothing_for_a_failed_create
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     # Ownership is recorded while the run is written: the retry's and the failed create's claims
     # (on ids that never became runs) were forgotten.
-    assert await _owned_runs(stack) == {run.id: stack.owner.id}
+    assert await _owned(stack) == {run.id: stack.owner.id}
+
+
+def _outputs_batch(
+    stack: MetadataStack, project_id: str, run_id: str, request_id: str
+) -> rp.RecordRunCallbacksRequest:
+    """RUNNING, one output and COMPLETED for the diamond's first two steps."""
+
+    def step(name: str, status: int) -> rp.RunCallback:
+        return rp.RunCallback(step_status=rp.RunCallback.StepStatus(step_name=name, status=status))  # type: ignore[arg-type]
+
+    def output(name: str) -> rp.RunCallback:
+        produced = ap.StepOutput(
+            name="out",
+            artifact_name=f"data.{name}",
+            artifact_version=ap.ArtifactVersion(uri=f"s3://b/{run_id}/{name}"),
+        )
+        return rp.RunCallback(step_outputs=rp.RunCallback.StepOutputs(step_name=name, outputs=[produced]))
+
+    callbacks = [
+        callback
+        for name in ("load", "train")
+        for callback in (step(name, StepStatus.RUNNING), output(name), step(name, StepStatus.COMPLETED))
+    ]
+    return rp.RecordRunCallbacksRequest(
+        workspace_id=stack.workspace_id,
+        project_id=project_id,
+        run_id=run_id,
+        callbacks=callbacks,
+        request_id=request_id,
+    )
+
+
+async def test_a_batch_owns_its_new_artifacts_and_versions_and_a_failed_one_leaves_none(
+    metadata_stack: MetadataStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = metadata_stack
+    owner = stack.owner.metadata
+    runs = rp_grpc.RunServiceStub(stack.channel)
+    project = await stack.project()
+    snapshot_id = await _diamond_snapshot(stack, project.id)
+    create = rp.CreateRunRequest(
+        workspace_id=stack.workspace_id,
+        project_id=project.id,
+        snapshot_id=snapshot_id,
+        trigger=rp.RunTrigger(kind=rp.RunTrigger.USER),
+    )
+    first, second = [await runs.CreateRun(create, metadata=owner) for _ in range(2)]
+
+    answer = await runs.RecordRunCallbacks(_outputs_batch(stack, project.id, first.id, "b1"), metadata=owner)
+    again = await runs.RecordRunCallbacks(_outputs_batch(stack, project.id, first.id, "b1"), metadata=owner)
+    versions = {v.id for result in answer.results for v in result.artifact_versions}
+    artifacts = {v.artifact_id for result in answer.results for v in result.artifact_versions}
+    owned_versions, owned_artifacts = await _owned(stack, "artifact_version"), await _owned(stack, "artifact")
+
+    # A batch failing after its outputs were planned: injected in the last write before the
+    # change log.
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("injected: the versions' insert failed")
+
+    monkeypatch.setattr(st, "insert_numbered_versions", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await runs.RecordRunCallbacks(_outputs_batch(stack, project.id, second.id, "b2"), metadata=owner)
+
+    assert again == answer  # a retry: the first answer
+    assert len(versions) == 2
+    assert owned_versions == dict.fromkeys(versions, stack.owner.id)
+    assert owned_artifacts == dict.fromkeys(artifacts, stack.owner.id)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    # The failed batch owns nothing: RBAC holds the first batch's versions only.
+    assert await _owned(stack, "artifact_version") == owned_versions
