@@ -90,14 +90,15 @@ class GatewayServer:
 
     async def serve_until_signalled(self) -> None:
         """Starts, serves until SIGTERM or SIGINT, then stops gracefully (exit status 0, as services do)."""
-        await self.start()
-        logger.info("gateway listening on http://%s:%d", self._host, self.port, extra={"port": self.port})
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
         handled = (signal.SIGTERM, signal.SIGINT)
+        # Before serving: a SIGTERM that arrives once requests are answered must stop it gracefully.
         for signum in handled:
             loop.add_signal_handler(signum, signalled.set)
         try:
+            await self.start()
+            logger.info("gateway listening on http://%s:%d", self._host, self.port, extra={"port": self.port})
             await signalled.wait()
         finally:
             for signum in handled:
