@@ -356,6 +356,12 @@ async def _owned(stack: MetadataStack, resource_type: str = "run") -> dict[str, 
         return {row.resource_id: row.owner_id for row in rows}
 
 
+async def _project_with_snapshot(stack: MetadataStack) -> tuple[str, str]:
+    """A new project holding a pipeline with the diamond snapshot: (project id, snapshot id)."""
+    project = await stack.project()
+    return project.id, await _diamond_snapshot(stack, project.id)
+
+
 async def _diamond_snapshot(stack: MetadataStack, project_id: str) -> str:
     """A pipeline with the diamond snapshot in the project; the snapshot's id."""
     pipelines = pp_grpc.PipelineServiceStub(stack.channel)
@@ -383,13 +389,12 @@ async def test_create_run_records_its_owner_once_and_nothing_for_a_failed_create
     stack = metadata_stack
     owner = stack.owner.metadata
     runs = rp_grpc.RunServiceStub(stack.channel)
-    project = await stack.project()
-    snapshot_id = await _diamond_snapshot(stack, project.id)
+    project_id, snapshot_id = await _project_with_snapshot(stack)
 
     def create(snapshot_id: str, request_id: str) -> rp.CreateRunRequest:
         return rp.CreateRunRequest(
             workspace_id=stack.workspace_id,
-            project_id=project.id,
+            project_id=project_id,
             snapshot_id=snapshot_id,
             trigger=rp.RunTrigger(kind=rp.RunTrigger.USER),
             request_id=request_id,
@@ -443,18 +448,17 @@ async def test_a_batch_owns_its_new_artifacts_and_versions_and_a_failed_one_leav
     stack = metadata_stack
     owner = stack.owner.metadata
     runs = rp_grpc.RunServiceStub(stack.channel)
-    project = await stack.project()
-    snapshot_id = await _diamond_snapshot(stack, project.id)
+    project_id, snapshot_id = await _project_with_snapshot(stack)
     create = rp.CreateRunRequest(
         workspace_id=stack.workspace_id,
-        project_id=project.id,
+        project_id=project_id,
         snapshot_id=snapshot_id,
         trigger=rp.RunTrigger(kind=rp.RunTrigger.USER),
     )
     first, second = [await runs.CreateRun(create, metadata=owner) for _ in range(2)]
 
-    answer = await runs.RecordRunCallbacks(_outputs_batch(stack, project.id, first.id, "b1"), metadata=owner)
-    again = await runs.RecordRunCallbacks(_outputs_batch(stack, project.id, first.id, "b1"), metadata=owner)
+    answer = await runs.RecordRunCallbacks(_outputs_batch(stack, project_id, first.id, "b1"), metadata=owner)
+    again = await runs.RecordRunCallbacks(_outputs_batch(stack, project_id, first.id, "b1"), metadata=owner)
     versions = {v.id for result in answer.results for v in result.artifact_versions}
     artifacts = {v.artifact_id for result in answer.results for v in result.artifact_versions}
     owned_versions, owned_artifacts = await _owned(stack, "artifact_version"), await _owned(stack, "artifact")
@@ -466,7 +470,7 @@ async def test_a_batch_owns_its_new_artifacts_and_versions_and_a_failed_one_leav
 
     monkeypatch.setattr(st, "insert_numbered_versions", broken)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await runs.RecordRunCallbacks(_outputs_batch(stack, project.id, second.id, "b2"), metadata=owner)
+        await runs.RecordRunCallbacks(_outputs_batch(stack, project_id, second.id, "b2"), metadata=owner)
 
     assert again == answer  # a retry: the first answer
     assert len(versions) == 2
