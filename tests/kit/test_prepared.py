@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.db import UtcDateTime
-from services.kit.prepared import Prepared
+from services.kit.prepared import Prepared, _bound
 from tests.statements import counting_statements
 
 metadata = MetaData()
@@ -91,3 +92,27 @@ async def test_statements_are_announced_to_the_engines_listeners(store: AsyncEng
     assert len(seen) == 2
     assert seen[0].startswith("INSERT INTO prepared_things")
     assert seen[1].startswith("SELECT")
+
+
+@pytest.mark.parametrize(
+    ("statement", "values"),
+    [
+        (INSERT, row("a", 3)),
+        (BY_SIZE, {"least": 2}),
+        (BY_IDS, {"ids": []}),
+        (BY_IDS, {"ids": ["a"]}),
+        (BY_IDS, {"ids": ["a", "b", "c"]}),
+        (BY_IDS, {"ids": ["d", "e", "f"]}),  # the kept text of length 3, new values
+    ],
+)
+def test_the_fast_binder_binds_as_sqlalchemy_does(statement: Prepared, values: dict[str, Any]) -> None:
+    compiled = statement._for(postgresql.asyncpg.dialect())
+    assert compiled.binder is not None
+    assert compiled.binder.bind(dict(values)) == _bound(compiled.compiled, dict(values))
+
+
+def test_the_fast_binder_names_a_missing_value_as_sqlalchemy_does() -> None:
+    compiled = BY_SIZE._for(postgresql.asyncpg.dialect())
+    assert compiled.binder is not None
+    with pytest.raises(InvalidRequestError, match="least"):
+        compiled.binder.bind({})
