@@ -19,11 +19,13 @@ counts or traces statements sees these too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import exc
+from sqlalchemy import Table, exc
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement, Executable
@@ -199,7 +201,13 @@ async def _in_transaction(conn: AsyncConnection) -> Any:
     begins one at a connection's first statement and sends BEGIN lazily, so both are done here."""
     if not conn.in_transaction():
         await conn.begin()  # SQLAlchemy's autobegin; the caller's commit or rollback ends it
-    adapted = (await conn.get_raw_connection()).dbapi_connection
+    # The open connection's pooled DBAPI connection without get_raw_connection's greenlet switch
+    # (a cost on every statement); that path only when it needs reconnecting.
+    sync = conn.sync_connection
+    pooled = None if sync is None else sync._dbapi_connection
+    if pooled is None:
+        pooled = await conn.get_raw_connection()
+    adapted = pooled.dbapi_connection
     assert adapted is not None
     if adapted._transaction is None:
         await adapted._start_transaction()
@@ -230,6 +238,19 @@ class Batch:
 
     columns: Mapping[str, str]
     prefix: str = ""
+
+    @classmethod
+    def of(cls, table: Table, names: Sequence[str] = (), prefix: str = "") -> Batch:
+        """The columns `names` (default: all) of `table`, typed as PostgreSQL declares them. A length
+        is left out (an explicit cast to VARCHAR(n) would cut a longer value; the column refuses it)."""
+        dialect = PGDialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves its __init__ untyped
+        return cls(
+            {
+                name: re.sub(r"\(\d+\)", "", table.c[name].type.compile(dialect=dialect))
+                for name in (names or table.c.keys())
+            },
+            prefix,
+        )
 
     def source(self, alias: str, *, ordinality: str = "") -> str:
         """`unnest(...) AS alias(columns)` (with a 1-based `ordinality` column when named)."""

@@ -228,9 +228,11 @@ class _Run:
         return True
 
     async def write(self, conn: AsyncConnection) -> None:
-        await rs.write_steps(conn, [self.steps[name] for name in sorted(self.changed_steps)])
-        if self.run_changed:
-            await rs.write_run(conn, self.run)
+        await rs.write_steps(
+            conn,
+            [self.steps[name] for name in sorted(self.changed_steps)],
+            self.run if self.run_changed else None,
+        )
 
 
 @dataclass

@@ -11,6 +11,7 @@ status filter; steps by (run_id, position); the heartbeat sweeper by
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -38,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.kit.db import UtcDateTime
 from services.kit.filtering import AnyField, FilterField, parse_filter
 from services.kit.pagination import paginate, parse_order_by, query_fingerprint
-from services.kit.prepared import Prepared
+from services.kit.prepared import Batch, Prepared
 from services.kit.rbac_lookup import Lookup, lookup_condition
 from services.metadata import run_states
 from services.metadata.annotation_store import annotation_filters
@@ -245,10 +247,47 @@ _WRITE_STEPS = Prepared(
     .where(step_runs.c.id == bindparam("step_id"))
     .values({name: bindparam(f"new_{name}") for name in _STEP_STATE})
 )
+_RUN_COLUMNS = [column.name for column in runs.c]
+# PostgreSQL: rows bound as arrays (kit Batch), so one statement text serves any number of steps.
+_STEP_ROWS = Batch.of(step_runs, prefix="step_")
+_INSERT_RUN_WITH_STEPS = Prepared(
+    text(
+        f"WITH run AS (INSERT INTO metadata_runs ({', '.join(_RUN_COLUMNS)})"  # noqa: S608 - constant names
+        f" VALUES ({', '.join(f':run_{name}' for name in _RUN_COLUMNS)}))"
+        f" INSERT INTO metadata_step_runs ({_STEP_ROWS.names()})"
+        f" SELECT {_STEP_ROWS.names('s')} FROM {_STEP_ROWS.source('s')}"
+    )
+)
+_STEP_STATE_ROWS = Batch.of(step_runs, ("id", *_STEP_STATE), prefix="step_")
+_UPDATE_STEPS_BY_ARRAYS = (
+    f"UPDATE metadata_step_runs AS t SET {', '.join(f'{name} = s.{name}' for name in _STEP_STATE)}"  # noqa: S608
+    f" FROM {_STEP_STATE_ROWS.source('s')} WHERE t.id = s.id"
+)
+_WRITE_STEPS_BY_ARRAYS = Prepared(text(_UPDATE_STEPS_BY_ARRAYS))
+# The run's UPDATE as `_WRITE_RUN` writes it, then the steps' (a data-modifying CTE always runs).
+_WRITE_STEPS_AND_RUN = Prepared(
+    text(
+        "WITH run AS (UPDATE metadata_runs SET"  # noqa: S608 - constant names
+        f" {', '.join(f'{name} = :new_{name}' for name in _RUN_COLUMNS if name != 'id')}"
+        f" WHERE id = :run_id) {_UPDATE_STEPS_BY_ARRAYS}"
+    )
+)
 
 
 async def insert_run(conn: AsyncConnection, run: RunRecord, steps: Sequence[StepRunRecord]) -> None:
-    """Adds a run and all its step runs: one INSERT for the run, one executemany INSERT for the steps."""
+    """Adds a run and all its step runs: one statement on PostgreSQL; elsewhere one INSERT for the run,
+    one executemany INSERT for the steps."""
+    if conn.dialect.name == "postgresql":
+        await _INSERT_RUN_WITH_STEPS.execute(
+            conn,
+            {
+                **{f"run_{name}": value for name, value in values_of(run).items()},
+                **_STEP_ROWS.params(
+                    [{**values_of(step), "parents": json.dumps(list(step.parents))} for step in steps]
+                ),
+            },
+        )
+        return
     await _INSERT_RUN.execute(conn, values_of(run))
     await _INSERT_STEPS.execute_many(
         conn, [{**values_of(step), "parents": list(step.parents)} for step in steps]
@@ -269,10 +308,13 @@ async def get_run(
 
 async def write_run(conn: AsyncConnection, run: RunRecord) -> None:
     """Writes every column of the run as the record holds it."""
+    await _WRITE_RUN.execute(conn, _run_values(run))
+
+
+def _run_values(run: RunRecord) -> dict[str, Any]:
+    """`_WRITE_RUN`'s parameters for the run."""
     values = values_of(run)
-    await _WRITE_RUN.execute(
-        conn, {"run_id": run.id, **{f"new_{name}": value for name, value in values.items() if name != "id"}}
-    )
+    return {"run_id": run.id, **{f"new_{name}": value for name, value in values.items() if name != "id"}}
 
 
 async def list_runs(
@@ -393,8 +435,21 @@ async def update_step(conn: AsyncConnection, step_id: str, values: Mapping[str, 
     return _step(result.one()._mapping)
 
 
-async def write_steps(conn: AsyncConnection, steps: Sequence[StepRunRecord]) -> None:
-    """Writes the changing columns of several step runs in one executemany UPDATE."""
+async def write_steps(conn: AsyncConnection, steps: Sequence[StepRunRecord], run: RunRecord | None) -> None:
+    """Writes the changing columns of several step runs, and every column of `run` when given: one
+    statement on PostgreSQL; elsewhere one executemany UPDATE, and one for the run."""
+    if conn.dialect.name == "postgresql":
+        if steps or run is not None:
+            statement = _WRITE_STEPS_AND_RUN if run is not None else _WRITE_STEPS_BY_ARRAYS
+            values = _STEP_STATE_ROWS.params([{"id": step.id, **values_of(step)} for step in steps])
+            if run is not None:
+                values.update(_run_values(run))
+            await statement.execute(conn, values)
+        return
+    if run is not None:
+        await write_run(conn, run)
+    if not steps:
+        return
     await _WRITE_STEPS.execute_many(
         conn,
         [

@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, insert, select
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, insert, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError, InvalidRequestError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.db import UtcDateTime
-from services.kit.prepared import Prepared, _bound
+from services.kit.prepared import Batch, Prepared, _bound
 from tests.statements import counting_statements
 
 metadata = MetaData()
@@ -29,6 +29,7 @@ BY_IDS = Prepared(
     select(things).where(things.c.id.in_(bindparam("ids", expanding=True))).order_by(things.c.id)
 )
 BY_SIZE = Prepared(select(things.c.id, things.c.tags).where(things.c.size >= bindparam("least")))
+ASYNCPG = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
 SEEN = datetime(2026, 11, 26, 12, 30, tzinfo=UTC)
 
 
@@ -106,13 +107,39 @@ async def test_statements_are_announced_to_the_engines_listeners(store: AsyncEng
     ],
 )
 def test_the_fast_binder_binds_as_sqlalchemy_does(statement: Prepared, values: dict[str, Any]) -> None:
-    compiled = statement._for(postgresql.asyncpg.dialect())
+    compiled = statement._for(ASYNCPG)
     assert compiled.binder is not None
     assert compiled.binder.bind(dict(values)) == _bound(compiled.compiled, dict(values))
 
 
 def test_the_fast_binder_names_a_missing_value_as_sqlalchemy_does() -> None:
-    compiled = BY_SIZE._for(postgresql.asyncpg.dialect())
+    compiled = BY_SIZE._for(ASYNCPG)
     assert compiled.binder is not None
     with pytest.raises(InvalidRequestError, match="least"):
         compiled.binder.bind({})
+
+
+def test_a_batch_of_a_table_takes_its_postgresql_types_without_lengths() -> None:
+    assert Batch.of(things, ("id", "size", "tags", "seen")).columns == {
+        "id": "VARCHAR",
+        "size": "INTEGER",
+        "tags": "JSON",
+        "seen": "TIMESTAMP WITH TIME ZONE",
+    }
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # Batch binds arrays: PostgreSQL
+async def test_a_batch_refuses_a_value_too_long_for_its_column_rather_than_cut_it(
+    store: AsyncEngine,
+) -> None:
+    batch = Batch.of(things, ("id", "size"))
+    columns = batch.names("b")
+    statement = Prepared(
+        text(f"INSERT INTO prepared_things (id, size, tags) SELECT {columns}, '[]' FROM {batch.source('b')}")
+    )
+    with pytest.raises(DBAPIError, match="too long"):
+        async with store.begin() as conn:
+            await statement.execute(conn, batch.params([{"id": "x" * 21, "size": 1}]))
+    async with store.begin() as conn:
+        await statement.execute(conn, batch.params([{"id": "x" * 20, "size": 1}]))
+        assert [row["id"] for row in await BY_IDS.rows(conn, {"ids": ["x" * 20]})] == ["x" * 20]
