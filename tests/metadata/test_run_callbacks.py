@@ -300,7 +300,8 @@ async def test_a_batch_costs_a_fixed_number_of_statements_whatever_its_size(
         counts.append(len(seen))
     # 61 callbacks cost what 7 do.
     assert counts[0] == counts[1], counts
-    assert counts[1] <= 14, counts
+    # PostgreSQL writes the steps and the run in one statement, numbers and inserts versions in one.
+    assert counts[1] <= (10 if metadata_store.engine.dialect.name == "postgresql" else 14), counts
 
 
 async def test_concurrent_batches_number_the_versions_of_shared_artifacts_without_gaps(
