@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from services.kit.server import serve_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -90,17 +91,9 @@ class GatewayServer:
 
     async def serve_until_signalled(self) -> None:
         """Starts, serves until SIGTERM or SIGINT, then stops gracefully (exit status 0, as services do)."""
-        loop = asyncio.get_running_loop()
-        signalled = asyncio.Event()
-        handled = (signal.SIGTERM, signal.SIGINT)
-        # Before serving: a SIGTERM that arrives once requests are answered must stop it gracefully.
-        for signum in handled:
-            loop.add_signal_handler(signum, signalled.set)
-        try:
+
+        async def start() -> None:
             await self.start()
             logger.info("gateway listening on http://%s:%d", self._host, self.port, extra={"port": self.port})
-            await signalled.wait()
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
-            await self.stop()
+
+        await serve_until_signalled(start, self.stop)

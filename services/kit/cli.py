@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.kit.config import ServiceSettings
 from services.kit.db import create_engine_from_settings
-from services.kit.server import KeelServer
+from services.kit.server import KeelServer, serve_until_signalled
 from services.kit.telemetry import setup_tracing, shutdown_tracing
 
 ResultT = TypeVar("ResultT")
@@ -31,11 +31,7 @@ class RunnableService(Protocol):
 async def _serve(build: Callable[[], RunnableService]) -> None:
     # Built inside the loop: grpc.aio servers and engines bind to the running loop.
     service = build()
-    await service.start()
-    try:
-        await service.server.serve_until_signalled()
-    finally:
-        await service.stop()
+    await serve_until_signalled(service.start, service.stop)
 
 
 def serve(name: str, settings: ServiceSettings, build: Callable[[], RunnableService]) -> int:

@@ -13,7 +13,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,16 +147,33 @@ class KeelServer:
 
     async def serve_until_signalled(self) -> None:
         """Starts if needed, serves until SIGTERM or SIGINT, then stops gracefully."""
-        if not self._started:
-            await self.start()
-        loop = asyncio.get_running_loop()
-        signalled = asyncio.Event()
-        handled = (signal.SIGTERM, signal.SIGINT)
-        for signum in handled:
-            loop.add_signal_handler(signum, signalled.set)
+
+        async def start() -> None:
+            if not self._started:
+                await self.start()
+
+        await serve_until_signalled(start, self.stop)
+
+
+async def serve_until_signalled(
+    start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[None]]
+) -> None:
+    """`await start()`, serve until SIGTERM or SIGINT, then `await stop()` (not when start failed).
+
+    The handlers go in before starting: a SIGTERM that arrives as soon as the server answers (a
+    supervisor or a test stopping it right away) must stop it gracefully, not kill it with -15.
+    """
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for signum in handled:
+        loop.add_signal_handler(signum, signalled.set)
+    try:
+        await start()
         try:
             await signalled.wait()
         finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
-            await self.stop()
+            await stop()
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)

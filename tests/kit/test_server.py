@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -17,7 +18,7 @@ from keel.authz.v1 import authz_pb2
 from keel.testing.v1 import echo_pb2, echo_pb2_grpc
 from services.kit.interceptors import DenyAllPermissions
 from services.kit.rules import RuleError
-from services.kit.server import KeelServer, Registration
+from services.kit.server import KeelServer, Registration, serve_until_signalled
 from tests.kit.conftest import OpenChannel, StartServer, define_service, kit_settings
 from tests.kit.echo_service import ECHO_SERVICE, EchoServicer, echo_registration
 
@@ -157,3 +158,45 @@ async def test_sigterm_stops_a_server_serving_until_signalled(open_channel: Open
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await _health(channel, "")
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# A service whose start is interrupted by SIGTERM, then stops: run in its own process, so a
+# regression (the default action) kills that process, not pytest.
+_SIGNALLED_DURING_START = """
+import asyncio, os, signal
+from services.kit.server import serve_until_signalled
+
+async def start():
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    print("started", flush=True)
+
+async def stop():
+    print("stopped", flush=True)
+
+asyncio.run(serve_until_signalled(start, stop))
+"""
+
+
+async def test_a_sigterm_while_starting_stops_the_service_gracefully() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SIGNALLED_DURING_START, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    assert output.decode().split() == ["started", "stopped"]
+
+
+async def test_a_failed_start_is_not_stopped_and_leaves_no_signal_handler() -> None:
+    stopped: list[bool] = []
+
+    async def start() -> None:
+        raise RuntimeError("could not bind")
+
+    async def stop() -> None:
+        stopped.append(True)
+
+    with pytest.raises(RuntimeError, match="could not bind"):
+        await serve_until_signalled(start, stop)
+    assert stopped == []
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
