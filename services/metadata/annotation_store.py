@@ -5,6 +5,12 @@ in several store modules). `target_exists` checks a target against its own
 table, always within the project. Targets deleted elsewhere drop their
 annotations with `delete_for_targets` in the delete's transaction.
 
+Workspace-level resources (stacks, components) carry their tags as a field
+of the resource: the same `metadata_tags` rows with project_id
+`WORKSPACE_LEVEL` (''), written by `replace_tags` in the resource's own
+transaction and read a page at a time by `tags_by_target`. Their kinds are
+not in TARGET_TABLES: AnnotationService does not reach them.
+
 `annotation_filters` gives a List's AIP-160 filter the fields `tags` and
 `metadata.KEY`, each an EXISTS subquery correlated with the listed row, so a
 filtered page is still one statement (served by ix_metadata_tags_project_tag
@@ -59,6 +65,8 @@ TARGET_TABLES = {
     "code_repository": "metadata_code_repositories",
     "project": "metadata_projects",
 }
+# The project_id of the tags of workspace-level resources (stacks, components).
+WORKSPACE_LEVEL = ""
 # The kinds that carry typed metadata (the others only tags).
 METADATA_KINDS = ("run", "step", "artifact_version", "model_version")
 MAX_KEY = 256
@@ -275,6 +283,51 @@ async def list_tags(
         fingerprint=query_fingerprint("ListTags", scope=f"{project_id}/{kind}/{target_id}"),
     )
     return [row.tag for row in page.rows], page.next_page_token
+
+
+async def tags_by_target(
+    conn: AsyncConnection, project_id: str, kind: str, target_ids: Sequence[str]
+) -> dict[str, list[str]]:
+    """The tags of each target (alphabetically; [] for an untagged one), in one query for a whole page."""
+    result: dict[str, list[str]] = {target_id: [] for target_id in target_ids}
+    if not target_ids:
+        return result
+    found = await conn.execute(
+        select(tags.c.target_id, tags.c.tag)
+        .where(tags.c.project_id == project_id, tags.c.target_kind == kind, tags.c.target_id.in_(target_ids))
+        .order_by(tags.c.target_id, tags.c.tag)
+    )
+    for row in found:
+        result[row.target_id].append(row.tag)
+    return result
+
+
+async def replace_tags(
+    conn: AsyncConnection, project_id: str, kind: str, target_id: str, names: Sequence[str], now: datetime
+) -> None:
+    """Makes `names` the target's whole tag set; tags it keeps keep their create_time.
+
+    For a resource's `tags` field, written in the transaction that creates or
+    versions the resource (its row version serializes concurrent replacements).
+    """
+    where = _target(project_id, kind, target_id)(tags)
+    wanted = list(dict.fromkeys(names))
+    stale = delete(tags).where(where)
+    await conn.execute(stale.where(tags.c.tag.not_in(wanted)) if wanted else stale)
+    present = set((await conn.execute(select(tags.c.tag).where(where))).scalars().all())
+    fresh = [
+        {
+            "project_id": project_id,
+            "target_kind": kind,
+            "target_id": target_id,
+            "tag": name,
+            "create_time": now,
+        }
+        for name in wanted
+        if name not in present
+    ]
+    if fresh:
+        await conn.execute(insert(tags), fresh)
 
 
 async def insert_log_pointer(conn: AsyncConnection, record: LogPointerRecord) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from services.kit.clock import Clock
 from services.kit.errors import AlreadyExists, InvalidArgument, NotFound
 from services.metadata import annotation_store as st
+from services.metadata import validation
 from services.metadata.annotation_store import Entry, LogPointerRecord
 from services.metadata.artifacts import check_uri
 from services.metadata.pipelines import check_id
@@ -32,11 +33,9 @@ TAG_TARGETS = tuple(st.TARGET_TABLES)
 LOG_TARGETS = ("run", "step")
 VALUE_KINDS = ("number", "string", "bool", "json", "uri")
 MAX_ENTRIES = 100
-MAX_TAGS = 50
 MAX_STRING = 4096
 MAX_JSON_BYTES = 64 * 1024
 _KEY = re.compile(r"[A-Za-z0-9_.:/\-]{1,256}")
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -211,11 +210,7 @@ class Annotations:
     def _check_tags(project_id: str, target: Target, names: Sequence[str]) -> None:
         check_id(project_id, "project_id")
         check_target(target, TAG_TARGETS)
-        if not names or len(names) > MAX_TAGS:
-            raise InvalidArgument("tags", f"must hold 1 to {MAX_TAGS} tags")
-        for i, name in enumerate(names):
-            if not _TAG.fullmatch(name):
-                raise InvalidArgument(f"tags[{i}]", "must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}")
+        validation.tags(names, "tags", at_least=1)
 
     @staticmethod
     async def _require(conn: Any, project_id: str, target: Target) -> None:

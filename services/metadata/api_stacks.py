@@ -30,7 +30,7 @@ _COMPONENT_OUTPUT_ONLY = ("id", "type", "flavor", "create_time", "update_time", 
 
 
 def stack_message(row: Row) -> pb.Stack:
-    """The Stack message of a row (with its component ids)."""
+    """The Stack message of a row (with its component ids and tags)."""
     return pb.Stack(
         id=row["id"],
         name=row["name"],
@@ -39,11 +39,12 @@ def stack_message(row: Row) -> pb.Stack:
         create_time=timestamp(row["create_time"]),
         update_time=timestamp(row["update_time"]),
         etag=etag(row["version"]),
+        tags=row["tags"],
     )
 
 
 def component_message(row: Row) -> pb.Component:
-    """The Component message of a row."""
+    """The Component message of a row (with its tags)."""
     return pb.Component(
         id=row["id"],
         name=row["name"],
@@ -55,6 +56,7 @@ def component_message(row: Row) -> pb.Component:
         create_time=timestamp(row["create_time"]),
         update_time=timestamp(row["update_time"]),
         etag=etag(row["version"]),
+        tags=row["tags"],
     )
 
 
@@ -81,11 +83,12 @@ def _component_input(message: pb.Component) -> ComponentInput:
         configuration=from_struct(message.configuration),
         connector_id=message.connector_id,
         description=message.description,
+        tags=tuple(message.tags),
     )
 
 
 def _stack_input(message: pb.Stack) -> StackInput:
-    return StackInput(message.name, message.description, tuple(message.component_ids))
+    return StackInput(message.name, message.description, tuple(message.component_ids), tuple(message.tags))
 
 
 class StackApi(pb_grpc.StackServiceServicer):

@@ -1,4 +1,10 @@
-"""Stacks and components: typed, flavor-validated components, and stacks naming one component per type."""
+"""Stacks and components: typed, flavor-validated components, and stacks naming one component per type.
+
+Both carry `tags` as a field of the resource (workspace level, so not through
+AnnotationService, whose rules are project-scoped): rows of `metadata_tags`
+with project_id '' and the RBAC resource type as the kind, written and deleted
+in the resource's own transaction, read with one query per Get or List page.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,20 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit import errors
 from services.kit.context import Principal
 from services.kit.fieldmask import check_etag
-from services.kit.filtering import FilterField
+from services.kit.filtering import AnyField, FilterField
 from services.kit.rbac_lookup import lookup_condition
+from services.metadata import annotation_store as ans
 from services.metadata import flavors, rows, validation
+from services.metadata.annotation_store import WORKSPACE_LEVEL, annotation_filters
 from services.metadata.domain import MetadataDomain, create_owned, forget_quietly
 from services.metadata.store import (
     COMPONENT_SORTABLE,
-    STACK_FILTERS,
     STACK_SORTABLE,
     components,
     components_by_id,
@@ -30,16 +38,26 @@ from services.metadata.store import (
 
 CREATE_STACK = "keel.metadata.v1.StackService/CreateStack"
 CREATE_COMPONENT = "keel.metadata.v1.StackService/CreateComponent"
-STACK_UPDATABLE = ("name", "description", "component_ids")
-COMPONENT_UPDATABLE = ("name", "description", "configuration", "connector_id")
+STACK_UPDATABLE = ("name", "description", "component_ids", "tags")
+COMPONENT_UPDATABLE = ("name", "description", "configuration", "connector_id", "tags")
 MAX_STACK_COMPONENTS = len(flavors.TYPES)
+# Tag kinds: the RBAC resource types.
+STACK_KIND = "stack"
+COMPONENT_KIND = "component"
 
-COMPONENT_FILTERS: dict[str, FilterField] = {
+# `tags` correlates with project '' (a bound literal: the tables have no project column).
+STACK_FILTERS: dict[str, AnyField] = {
+    "name": FilterField(stacks.c.name, "string"),
+    "create_time": FilterField(stacks.c.create_time, "timestamp"),
+    **annotation_filters(STACK_KIND, stacks.c.id, literal(WORKSPACE_LEVEL)),
+}
+COMPONENT_FILTERS: dict[str, AnyField] = {
     "name": FilterField(components.c.name, "string"),
     "type": FilterField(components.c.type, "enum", {name: name for name in flavors.TYPES}),
     "flavor": FilterField(components.c.flavor, "string"),
     "connector_id": FilterField(components.c.connector_id, "string"),
     "create_time": FilterField(components.c.create_time, "timestamp"),
+    **annotation_filters(COMPONENT_KIND, components.c.id, literal(WORKSPACE_LEVEL)),
 }
 
 
@@ -53,6 +71,7 @@ class ComponentInput:
     configuration: Mapping[str, Any] = field(default_factory=dict)
     connector_id: str = ""
     description: str = ""
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,7 @@ class StackInput:
     name: str = ""
     description: str = ""
     component_ids: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 def _component_checks(fields: ComponentInput, flavor: flavors.Flavor) -> dict[str, Any]:
@@ -72,6 +92,7 @@ def _component_checks(fields: ComponentInput, flavor: flavors.Flavor) -> dict[st
             flavor, fields.configuration, "component.configuration"
         ),
         "connector_id": lambda: validation.reference(fields.connector_id, "component.connector_id"),
+        "tags": lambda: validation.tags(fields.tags, "component.tags"),
     }
 
 
@@ -95,12 +116,29 @@ async def _members(conn: AsyncConnection, component_ids: tuple[str, ...]) -> lis
     return [(type_, by_type[type_]) for type_ in flavors.TYPES if type_ in by_type]
 
 
-async def _stack_with_components(conn: AsyncConnection, stack_id: str) -> rows.Row | None:
+async def _full_stack(conn: AsyncConnection, stack_id: str) -> rows.Row | None:
+    """The stack's row with its component ids and tags."""
     found = await rows.get_row(conn, stacks, stack_id)
     if found is None:
         return None
     members = (await stack_component_ids(conn, [stack_id]))[stack_id]
-    return {**found, "component_ids": _ordered_ids(members)}
+    tagged = await ans.tags_by_target(conn, WORKSPACE_LEVEL, STACK_KIND, [stack_id])
+    return {**found, "component_ids": _ordered_ids(members), "tags": tagged[stack_id]}
+
+
+async def _full_component(conn: AsyncConnection, component_id: str) -> rows.Row | None:
+    """The component's row with its tags."""
+    found = await rows.get_row(conn, components, component_id)
+    if found is None:
+        return None
+    tagged = await ans.tags_by_target(conn, WORKSPACE_LEVEL, COMPONENT_KIND, [component_id])
+    return {**found, "tags": tagged[component_id]}
+
+
+async def _with_tags(conn: AsyncConnection, kind: str, found: list[rows.Row]) -> list[rows.Row]:
+    """A List page's rows with their tags, in one query."""
+    tagged = await ans.tags_by_target(conn, WORKSPACE_LEVEL, kind, [row["id"] for row in found])
+    return [{**row, "tags": tagged[row["id"]]} for row in found]
 
 
 def _ordered_ids(members: list[tuple[str, str]]) -> list[str]:
@@ -118,6 +156,7 @@ class Components:
         type_ = flavors.component_type(fields.type, "component.type")
         flavor = flavors.check_flavor(type_, fields.flavor, "component.flavor")
         values = {name: check() for name, check in _component_checks(fields, flavor).items()}
+        tags = values.pop("tags")
         component_id = str(uuid.uuid4())
         now = self._domain.clock.now()
 
@@ -135,16 +174,18 @@ class Components:
                     "version": 1,
                 },
             )
+            if tags:
+                await ans.replace_tags(conn, WORKSPACE_LEVEL, COMPONENT_KIND, component_id, tags, now)
 
         return await create_owned(
             self._domain,
             principal,
             method=CREATE_COMPONENT,
             request_id=request_id,
-            resource_type="component",
+            resource_type=COMPONENT_KIND,
             resource_id=component_id,
             what="component of this type",
-            fetch=lambda conn, row_id: rows.get_row(conn, components, row_id),
+            fetch=_full_component,
             write=write,
         )
 
@@ -152,18 +193,18 @@ class Components:
         """The component; NOT_FOUND when missing."""
         validation.resource_id(component_id, "component_id", "component")
         async with self._domain.store.transaction() as tx:
-            found = await rows.get_row(tx.conn, components, component_id)
+            found = await _full_component(tx.conn, component_id)
         if found is None:
             raise errors.NotFound("component not found")
         return found
 
     async def list(self, principal: Principal, query: rows.ListQuery) -> tuple[list[rows.Row], str]:
-        """One page of the components the caller may read."""
+        """One page of the components the caller may read, with their tags (one query for all)."""
         readable = await self._domain.lookup.readable_ids(
-            principal, "component", "read", self._domain.workspace.workspace_id
+            principal, COMPONENT_KIND, "read", self._domain.workspace.workspace_id
         )
         async with self._domain.store.transaction() as tx:
-            return await rows.list_rows(
+            found, token = await rows.list_rows(
                 tx.conn,
                 components,
                 query,
@@ -172,14 +213,15 @@ class Components:
                 sortable=COMPONENT_SORTABLE,
                 visible=lookup_condition(readable, components.c.id),
             )
+            return await _with_tags(tx.conn, COMPONENT_KIND, found), token
 
     async def update(
         self, component_id: str, fields: ComponentInput, mask: Collection[str], etag: str
     ) -> rows.Row:
-        """Writes the masked fields (the configuration re-validated against the flavor)."""
+        """Writes the masked fields (configuration re-validated against the flavor, tags replaced whole)."""
         validation.resource_id(component_id, "component.id", "component")
         async with self._domain.store.transaction() as tx:
-            current = await rows.get_row(tx.conn, components, component_id)
+            current = await _full_component(tx.conn, component_id)
             if current is None:
                 raise errors.NotFound("component not found")
             check_etag(etag, current["version"])
@@ -188,25 +230,25 @@ class Components:
             values = {name: checks[name]() for name in COMPONENT_UPDATABLE if name in mask}
             if all(current[name] == value for name, value in values.items()):
                 return current
+            tags = values.pop("tags", None)
+            now = self._domain.clock.now()
             try:
                 updated = await rows.update_row(
-                    tx.conn,
-                    components,
-                    component_id,
-                    current["version"],
-                    {**values, "update_time": self._domain.clock.now()},
+                    tx.conn, components, component_id, current["version"], {**values, "update_time": now}
                 )
             except rows.Conflict:
                 raise errors.AlreadyExists("a component of this type with this name already exists") from None
-        if updated is None:
-            raise errors.Aborted("the component changed concurrently; retry", reason="CONCURRENT_UPDATE")
-        return updated
+            if updated is None:
+                raise errors.Aborted("the component changed concurrently; retry", reason="CONCURRENT_UPDATE")
+            if tags is not None:
+                await ans.replace_tags(tx.conn, WORKSPACE_LEVEL, COMPONENT_KIND, component_id, tags, now)
+        return {**updated, "tags": current["tags"] if tags is None else tags}
 
     async def delete(self, principal: Principal, component_id: str, etag: str) -> rows.Row:
         """Deletes a component no stack uses (FAILED_PRECONDITION otherwise)."""
         validation.resource_id(component_id, "component_id", "component")
         async with self._domain.store.transaction() as tx:
-            current = await rows.get_row(tx.conn, components, component_id)
+            current = await _full_component(tx.conn, component_id)
             if current is None:
                 raise errors.NotFound("component not found")
             check_etag(etag, current["version"])
@@ -221,9 +263,10 @@ class Components:
                 raise errors.FailedPrecondition(
                     "the component is used by a stack", reason="COMPONENT_IN_USE"
                 ) from None
-        if not deleted:
-            raise errors.Aborted("the component changed concurrently; retry", reason="CONCURRENT_UPDATE")
-        await forget_quietly(self._domain, principal, "component", component_id)
+            if not deleted:
+                raise errors.Aborted("the component changed concurrently; retry", reason="CONCURRENT_UPDATE")
+            await ans.delete_for_targets(tx.conn, COMPONENT_KIND, [component_id])
+        await forget_quietly(self._domain, principal, COMPONENT_KIND, component_id)
         return current
 
 
@@ -248,6 +291,7 @@ class Stacks:
         """A new stack owned by the caller, from existing components it may read."""
         name = validation.name(fields.name, "stack.name")
         description = validation.description(fields.description, "stack.description")
+        tags = validation.tags(fields.tags, "stack.tags")
         await self._readable(principal, fields.component_ids)
         stack_id = str(uuid.uuid4())
         now = self._domain.clock.now()
@@ -273,16 +317,18 @@ class Stacks:
                 await set_stack_components(conn, stack_id, members)
             except Exception as error:  # a component deleted concurrently: the foreign key refused it
                 raise rows.InUse() from error
+            if tags:
+                await ans.replace_tags(conn, WORKSPACE_LEVEL, STACK_KIND, stack_id, tags, now)
 
         return await create_owned(
             self._domain,
             principal,
             method=CREATE_STACK,
             request_id=request_id,
-            resource_type="stack",
+            resource_type=STACK_KIND,
             resource_id=stack_id,
             what="stack",
-            fetch=_stack_with_components,
+            fetch=_full_stack,
             write=write,
             precheck=precheck,
         )
@@ -291,15 +337,15 @@ class Stacks:
         """The stack with its component ids; NOT_FOUND when missing."""
         validation.resource_id(stack_id, "stack_id", "stack")
         async with self._domain.store.transaction() as tx:
-            found = await _stack_with_components(tx.conn, stack_id)
+            found = await _full_stack(tx.conn, stack_id)
         if found is None:
             raise errors.NotFound("stack not found")
         return found
 
     async def list(self, principal: Principal, query: rows.ListQuery) -> tuple[list[rows.Row], str]:
-        """One page of the stacks the caller may read, with their component ids (one query for all)."""
+        """One page of the stacks the caller may read, with their component ids and tags (a query each)."""
         readable = await self._domain.lookup.readable_ids(
-            principal, "stack", "read", self._domain.workspace.workspace_id
+            principal, STACK_KIND, "read", self._domain.workspace.workspace_id
         )
         async with self._domain.store.transaction() as tx:
             found, token = await rows.list_rows(
@@ -312,6 +358,7 @@ class Stacks:
                 visible=lookup_condition(readable, stacks.c.id),
             )
             members = await stack_component_ids(tx.conn, [row["id"] for row in found])
+            found = await _with_tags(tx.conn, STACK_KIND, found)
         return [{**row, "component_ids": _ordered_ids(members[row["id"]])} for row in found], token
 
     async def update(
@@ -326,22 +373,21 @@ class Stacks:
             values["name"] = validation.name(fields.name, "stack.name")
         if "description" in mask:
             values["description"] = validation.description(fields.description, "stack.description")
+        tags = validation.tags(fields.tags, "stack.tags") if "tags" in mask else None
         async with self._domain.store.transaction() as tx:
-            current = await _stack_with_components(tx.conn, stack_id)
+            current = await _full_stack(tx.conn, stack_id)
             if current is None:
                 raise errors.NotFound("stack not found")
             check_etag(etag, current["version"])
             members = await _members(tx.conn, fields.component_ids) if "component_ids" in mask else None
             same_members = members is None or _ordered_ids(members) == current["component_ids"]
-            if same_members and all(current[name] == value for name, value in values.items()):
+            same_tags = tags is None or tags == current["tags"]
+            if same_members and same_tags and all(current[name] == value for name, value in values.items()):
                 return current
+            now = self._domain.clock.now()
             try:
                 updated = await rows.update_row(
-                    tx.conn,
-                    stacks,
-                    stack_id,
-                    current["version"],
-                    {**values, "update_time": self._domain.clock.now()},
+                    tx.conn, stacks, stack_id, current["version"], {**values, "update_time": now}
                 )
             except rows.Conflict:
                 raise errors.AlreadyExists("a stack with this name already exists") from None
@@ -349,7 +395,9 @@ class Stacks:
                 raise errors.Aborted("the stack changed concurrently; retry", reason="CONCURRENT_UPDATE")
             if members is not None:
                 await set_stack_components(tx.conn, stack_id, members)
-            result = await _stack_with_components(tx.conn, stack_id)
+            if tags is not None:
+                await ans.replace_tags(tx.conn, WORKSPACE_LEVEL, STACK_KIND, stack_id, tags, now)
+            result = await _full_stack(tx.conn, stack_id)
         assert result is not None
         return result
 
@@ -357,12 +405,13 @@ class Stacks:
         """Deletes a stack (its components stay) and forgets its bindings."""
         validation.resource_id(stack_id, "stack_id", "stack")
         async with self._domain.store.transaction() as tx:
-            current = await _stack_with_components(tx.conn, stack_id)
+            current = await _full_stack(tx.conn, stack_id)
             if current is None:
                 raise errors.NotFound("stack not found")
             check_etag(etag, current["version"])
             await set_stack_components(tx.conn, stack_id, [])
             if not await rows.delete_row(tx.conn, stacks, stack_id, current["version"]):
                 raise errors.Aborted("the stack changed concurrently; retry", reason="CONCURRENT_UPDATE")
-        await forget_quietly(self._domain, principal, "stack", stack_id)
+            await ans.delete_for_targets(tx.conn, STACK_KIND, [stack_id])
+        await forget_quietly(self._domain, principal, STACK_KIND, stack_id)
         return current

@@ -206,10 +206,6 @@ PROJECT_SORTABLE: dict[str, ColumnElement[Any]] = {
     "create_time": projects.c.create_time,
     "name": projects.c.name,
 }
-STACK_FILTERS: dict[str, FilterField] = {
-    "name": FilterField(stacks.c.name, "string"),
-    "create_time": FilterField(stacks.c.create_time, "timestamp"),
-}
 STACK_SORTABLE: dict[str, ColumnElement[Any]] = {"create_time": stacks.c.create_time, "name": stacks.c.name}
 COMPONENT_SORTABLE: dict[str, ColumnElement[Any]] = {
     "create_time": components.c.create_time,

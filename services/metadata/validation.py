@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 
 from services.kit.errors import InvalidArgument, NotFound
 
@@ -16,6 +17,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9\-_.]{0,99}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # An opaque reference to a secret or connector of the credentials service (an id, never a value).
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_.:/]{0,255}")
+# Tags: AnnotationService's AddTags/RemoveTags and the `tags` field of workspace-level resources.
+MAX_TAGS = 50
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,99}")
 
 
 def name(value: str, field: str) -> str:
@@ -59,3 +63,16 @@ def resource_id(value: str, field: str, what: str) -> str:
     except ValueError:
         raise NotFound(f"{what} not found") from None
     return value
+
+
+def tags(values: Sequence[str], field: str, *, at_least: int = 0) -> list[str]:
+    """A set of tags: `at_least` to 50, each [A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}; distinct, sorted.
+
+    A bad tag is INVALID_ARGUMENT on `field[i]` (its index as sent).
+    """
+    if not at_least <= len(values) <= MAX_TAGS:
+        raise InvalidArgument(field, f"must hold {at_least} to {MAX_TAGS} tags")
+    for index, value in enumerate(values):
+        if not _TAG.fullmatch(value):
+            raise InvalidArgument(f"{field}[{index}]", "must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}")
+    return sorted(set(values))

@@ -9,13 +9,16 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from google.rpc import error_details_pb2
+from sqlalchemy import insert, select
 
 from keel.metadata.v1 import stacks_pb2 as pb
 from keel.metadata.v1 import stacks_pb2_grpc as pb_grpc
 from keel.rbac.v1 import rbac_pb2, rbac_pb2_grpc
 from services.kit.status import rich_status_of
+from services.metadata.annotation_store import tags as tag_rows
 from tests.metadata.conftest import MetadataStack
 from tests.orgs.conftest import User
+from tests.statements import counting_statements
 
 ORCHESTRATOR = pb.Component.ORCHESTRATOR
 ARTIFACT_STORE = pb.Component.ARTIFACT_STORE
@@ -344,3 +347,316 @@ async def test_a_stack_names_only_components_its_creator_may_read(metadata_stack
     assert answers[0][0] == "stack.component_ids[0]"
     created = await create([visible.id, store.id])
     assert list(created.component_ids) == [visible.id, store.id]
+
+
+# Tags: a field of stacks and components (rows of metadata_tags with project '' and kind stack/component).
+
+
+async def _parts(stack: MetadataStack) -> list[str]:
+    """Ids of an orchestrator and an artifact store that any number of stacks may share."""
+    orchestrator = await _component(stack, ORCHESTRATOR, "local", {})
+    store = await _component(stack, ARTIFACT_STORE, "local", {"path": "/d"})
+    return [orchestrator.id, store.id]
+
+
+async def _tagged_stack(stack: MetadataStack, name: str, tags: list[str], parts: list[str]) -> pb.Stack:
+    return await _stub(stack).CreateStack(
+        pb.CreateStackRequest(
+            workspace_id=stack.workspace_id, stack=pb.Stack(name=name, component_ids=parts, tags=tags)
+        ),
+        metadata=stack.owner.metadata,
+    )
+
+
+async def _tagged_component(stack: MetadataStack, name: str, tags: list[str]) -> pb.Component:
+    return await _stub(stack).CreateComponent(
+        pb.CreateComponentRequest(
+            workspace_id=stack.workspace_id,
+            component=pb.Component(name=name, type=ORCHESTRATOR, flavor="local", tags=tags),
+        ),
+        metadata=stack.owner.metadata,
+    )
+
+
+async def _stored_tags(stack: MetadataStack, kind: str, target_id: str) -> list[tuple[str, str]]:
+    """(project_id, tag) of the metadata_tags rows of a target, read straight from the table."""
+    async with stack.service.domain.engine.connect() as conn:
+        found = await conn.execute(
+            select(tag_rows.c.project_id, tag_rows.c.tag)
+            .where(tag_rows.c.target_kind == kind, tag_rows.c.target_id == target_id)
+            .order_by(tag_rows.c.tag)
+        )
+        return [(row.project_id, row.tag) for row in found]
+
+
+async def _stack_names(stack: MetadataStack, filter_text: str) -> list[str]:
+    listed = await _stub(stack).ListStacks(
+        pb.ListStacksRequest(workspace_id=stack.workspace_id, filter=filter_text, order_by="name"),
+        metadata=stack.owner.metadata,
+    )
+    return [item.name for item in listed.stacks]
+
+
+async def _component_names(stack: MetadataStack, filter_text: str) -> list[str]:
+    listed = await _stub(stack).ListComponents(
+        pb.ListComponentsRequest(
+            workspace_id=stack.workspace_id,
+            filter=f"type = ORCHESTRATOR AND ({filter_text})",
+            order_by="name",
+        ),
+        metadata=stack.owner.metadata,
+    )
+    return [item.name for item in listed.components]
+
+
+async def test_stack_tags_are_set_at_create_and_returned_sorted_by_get_and_list(
+    metadata_stack: MetadataStack,
+) -> None:
+    stack = metadata_stack
+    created = await _tagged_stack(
+        stack, "tagged", ["zeta", "gpu", "team:ml/core", "gpu"], await _parts(stack)
+    )
+    assert list(created.tags) == ["gpu", "team:ml/core", "zeta"]
+    got = await _stub(stack).GetStack(
+        pb.GetStackRequest(workspace_id=stack.workspace_id, stack_id=created.id),
+        metadata=stack.owner.metadata,
+    )
+    assert list(got.tags) == ["gpu", "team:ml/core", "zeta"]
+    await _tagged_stack(stack, "plain", [], list(created.component_ids))
+    listed = await _stub(stack).ListStacks(
+        pb.ListStacksRequest(workspace_id=stack.workspace_id, order_by="name"), metadata=stack.owner.metadata
+    )
+    assert [(item.name, list(item.tags)) for item in listed.stacks] == [
+        ("plain", []),
+        ("tagged", ["gpu", "team:ml/core", "zeta"]),
+    ]
+    assert await _stored_tags(stack, "stack", created.id) == [("", "gpu"), ("", "team:ml/core"), ("", "zeta")]
+
+
+async def test_component_tags_are_set_at_create_and_returned_by_get_and_list(
+    metadata_stack: MetadataStack,
+) -> None:
+    stack = metadata_stack
+    created = await _tagged_component(stack, "runner", ["b", "a"])
+    assert list(created.tags) == ["a", "b"]
+    got = await _stub(stack).GetComponent(
+        pb.GetComponentRequest(workspace_id=stack.workspace_id, component_id=created.id),
+        metadata=stack.owner.metadata,
+    )
+    assert list(got.tags) == ["a", "b"]
+    await _tagged_component(stack, "untagged", [])
+    assert await _component_names(stack, "tags:*") == ["runner"]
+    listed = await _stub(stack).ListComponents(
+        pb.ListComponentsRequest(workspace_id=stack.workspace_id, order_by="name"),
+        metadata=stack.owner.metadata,
+    )
+    assert [(item.name, list(item.tags)) for item in listed.components] == [
+        ("runner", ["a", "b"]),
+        ("untagged", []),
+    ]
+    assert await _stored_tags(stack, "component", created.id) == [("", "a"), ("", "b")]
+
+
+async def test_stack_update_replaces_tags_only_when_the_mask_names_them(
+    metadata_stack: MetadataStack,
+) -> None:
+    stack = metadata_stack
+    created = await _tagged_stack(stack, "prod", ["keep", "old"], await _parts(stack))
+
+    async def update(paths: list[str], **fields: Any) -> pb.Stack:
+        return await _stub(stack).UpdateStack(
+            pb.UpdateStackRequest(
+                workspace_id=stack.workspace_id,
+                stack=pb.Stack(id=created.id, **fields),
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            ),
+            metadata=stack.owner.metadata,
+        )
+
+    described = await update(["description"], description="about", tags=["ignored"])
+    assert (described.description, list(described.tags)) == ("about", ["keep", "old"])
+    retagged = await update(["tags"], tags=["new", "keep"], description="ignored")
+    assert (retagged.description, list(retagged.tags)) == ("about", ["keep", "new"])
+    assert retagged.etag != described.etag
+    assert list(retagged.component_ids) == list(created.component_ids)
+    got = await _stub(stack).GetStack(
+        pb.GetStackRequest(workspace_id=stack.workspace_id, stack_id=created.id),
+        metadata=stack.owner.metadata,
+    )
+    assert list(got.tags) == ["keep", "new"]
+    assert await _stored_tags(stack, "stack", created.id) == [("", "keep"), ("", "new")]
+    cleared = await update(["tags"])
+    assert list(cleared.tags) == []
+    assert await _stored_tags(stack, "stack", created.id) == []
+
+
+async def test_component_update_replaces_tags_only_when_the_mask_names_them(
+    metadata_stack: MetadataStack,
+) -> None:
+    stack = metadata_stack
+    created = await _tagged_component(stack, "runner", ["old"])
+
+    async def update(paths: list[str], **fields: Any) -> pb.Component:
+        return await _stub(stack).UpdateComponent(
+            pb.UpdateComponentRequest(
+                workspace_id=stack.workspace_id,
+                component=pb.Component(id=created.id, **fields),
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            ),
+            metadata=stack.owner.metadata,
+        )
+
+    described = await update(["description"], description="about", tags=["ignored"])
+    assert (described.description, list(described.tags)) == ("about", ["old"])
+    retagged = await update(["tags"], tags=["x", "y"])
+    assert (retagged.description, list(retagged.tags)) == ("about", ["x", "y"])
+    assert retagged.etag != described.etag
+    got = await _stub(stack).GetComponent(
+        pb.GetComponentRequest(workspace_id=stack.workspace_id, component_id=created.id),
+        metadata=stack.owner.metadata,
+    )
+    assert list(got.tags) == ["x", "y"]
+    assert await _stored_tags(stack, "component", created.id) == [("", "x"), ("", "y")]
+
+
+async def test_lists_filter_stacks_and_components_by_tags(metadata_stack: MetadataStack) -> None:
+    stack = metadata_stack
+    parts = await _parts(stack)
+    prod = await _tagged_stack(stack, "a-prod", ["prod", "gpu"], parts)
+    await _tagged_stack(stack, "b-dev", ["dev"], parts)
+    bare = await _tagged_stack(stack, "c-bare", [], parts)
+    # A project-level tag row on the same id and kind must not count: the filter correlates with project ''.
+    async with stack.service.domain.engine.begin() as conn:
+        await conn.execute(
+            insert(tag_rows).values(
+                project_id=str(uuid.uuid4()),
+                target_kind="stack",
+                target_id=bare.id,
+                tag="prod-elsewhere",
+                create_time=stack.clock.now(),
+            )
+        )
+    assert await _stack_names(stack, 'tags:"prod"') == ["a-prod"]
+    assert await _stack_names(stack, "tags:*") == ["a-prod", "b-dev"]
+    assert await _stack_names(stack, '-tags:"prod"') == ["b-dev", "c-bare"]
+    assert await _stack_names(stack, "NOT tags:*") == ["c-bare"]
+    assert await _stack_names(stack, 'tags:"prod-elsewhere"') == []
+    assert await _stack_names(stack, 'tags:"gpu" AND name = "a-prod"') == [prod.name]
+    await _tagged_component(stack, "r-gpu", ["gpu"])
+    await _tagged_component(stack, "r-cpu", ["cpu"])
+    assert await _component_names(stack, 'tags:"gpu"') == ["r-gpu"]
+    negated = await _component_names(stack, '-tags:"gpu"')  # r-cpu and the untagged part
+    assert len(negated) == 2
+    assert "r-cpu" in negated
+    assert "r-gpu" not in negated
+    assert await _component_names(stack, "tags:*") == ["r-cpu", "r-gpu"]
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await _stack_names(stack, 'tags = "prod"')
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_field(bad.value) == "filter"
+
+
+async def test_invalid_tags_are_invalid_argument_naming_the_field(metadata_stack: MetadataStack) -> None:
+    stack = metadata_stack
+    parts = await _parts(stack)
+    created = await _tagged_stack(stack, "valid", ["ok"], parts)
+    component = await _tagged_component(stack, "runner", ["ok"])
+    bad_stacks: list[tuple[list[str], str]] = [
+        (["ok", "a", "b", "with space"], "stack.tags[3]"),
+        (["-leading"], "stack.tags[0]"),
+        (["x" * 101], "stack.tags[0]"),
+        ([""], "stack.tags[0]"),
+        ([f"t{index}" for index in range(51)], "stack.tags"),
+    ]
+    for tags, field in bad_stacks:
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await _tagged_stack(stack, f"s-{uuid.uuid4().hex[:6]}", tags, parts)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, tags
+        assert _bad_field(bad.value) == field, tags
+        with pytest.raises(grpc.aio.AioRpcError) as bad_update:
+            await _stub(stack).UpdateStack(
+                pb.UpdateStackRequest(
+                    workspace_id=stack.workspace_id,
+                    stack=pb.Stack(id=created.id, tags=tags),
+                    update_mask=field_mask_pb2.FieldMask(paths=["tags"]),
+                ),
+                metadata=stack.owner.metadata,
+            )
+        assert bad_update.value.code() == grpc.StatusCode.INVALID_ARGUMENT, tags
+        assert _bad_field(bad_update.value) == field, tags
+    with pytest.raises(grpc.aio.AioRpcError) as bad_component:
+        await _tagged_component(stack, "other", ["fine", "no*star"])
+    assert bad_component.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _bad_field(bad_component.value) == "component.tags[1]"
+    with pytest.raises(grpc.aio.AioRpcError) as bad_component_update:
+        await _stub(stack).UpdateComponent(
+            pb.UpdateComponentRequest(
+                workspace_id=stack.workspace_id,
+                component=pb.Component(id=component.id, tags=["é"]),
+                update_mask=field_mask_pb2.FieldMask(paths=["tags"]),
+            ),
+            metadata=stack.owner.metadata,
+        )
+    assert _bad_field(bad_component_update.value) == "component.tags[0]"
+    # Nothing was written by the refused calls; 50 tags is the limit, not an error.
+    assert await _stack_names(stack, "") == ["valid"]
+    assert await _stored_tags(stack, "stack", created.id) == [("", "ok")]
+    fifty = await _tagged_stack(stack, "fifty", [f"t{index:02d}" for index in range(50)], parts)
+    assert len(fifty.tags) == 50
+
+
+async def test_deleting_a_stack_or_component_deletes_its_tag_rows(metadata_stack: MetadataStack) -> None:
+    stack = metadata_stack
+    parts = await _parts(stack)
+    doomed = await _tagged_stack(stack, "doomed", ["a", "b"], parts)
+    kept = await _tagged_stack(stack, "kept", ["a"], parts)
+    runner = await _tagged_component(stack, "runner", ["c"])
+    assert len(await _stored_tags(stack, "stack", doomed.id)) == 2
+    deleted = await _stub(stack).DeleteStack(
+        pb.DeleteStackRequest(workspace_id=stack.workspace_id, stack_id=doomed.id),
+        metadata=stack.owner.metadata,
+    )
+    assert list(deleted.tags) == ["a", "b"]
+    assert await _stored_tags(stack, "stack", doomed.id) == []
+    assert await _stored_tags(stack, "stack", kept.id) == [("", "a")]
+    await _stub(stack).DeleteComponent(
+        pb.DeleteComponentRequest(workspace_id=stack.workspace_id, component_id=runner.id),
+        metadata=stack.owner.metadata,
+    )
+    assert await _stored_tags(stack, "component", runner.id) == []
+
+
+def _tag_or_listed_table(statement: str) -> bool:
+    # Only the list's own tables: background work of the server (run sweeping) never touches them.
+    return any(table in statement for table in ("metadata_stacks", "metadata_components", "metadata_tags"))
+
+
+async def test_a_list_page_loads_tags_in_one_query_whatever_the_number_of_tagged_rows(
+    metadata_stack: MetadataStack,
+) -> None:
+    stack = metadata_stack
+    engine = stack.service.domain.engine
+    parts = await _parts(stack)
+
+    async def list_statements() -> tuple[int, int, int]:
+        with counting_statements(engine) as seen:
+            stacks_page = await _stub(stack).ListStacks(
+                pb.ListStacksRequest(workspace_id=stack.workspace_id), metadata=stack.owner.metadata
+            )
+            components_page = await _stub(stack).ListComponents(
+                pb.ListComponentsRequest(workspace_id=stack.workspace_id), metadata=stack.owner.metadata
+            )
+        tagged = sum(1 for item in stacks_page.stacks if item.tags)
+        tagged += sum(1 for part in components_page.components if part.tags)
+        return len([statement for statement in seen if _tag_or_listed_table(statement)]), len(seen), tagged
+
+    await _tagged_stack(stack, "s-0", ["t0", "common"], parts)
+    await _tagged_component(stack, "c-0", ["t0"])
+    one_relevant, one_total, one_tagged = await list_statements()
+    for index in range(1, 6):
+        await _tagged_stack(stack, f"s-{index}", [f"t{index}", "common"], parts)
+        await _tagged_component(stack, f"c-{index}", [f"t{index}"])
+    many_relevant, many_total, many_tagged = await list_statements()
+    assert (one_tagged, many_tagged) == (2, 12)
+    assert many_relevant == one_relevant
+    assert many_total == one_total

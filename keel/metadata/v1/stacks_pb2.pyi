@@ -90,6 +90,7 @@ class Component(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (a UUID)."""
     name: _builtins.str
@@ -116,6 +117,10 @@ class Component(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the component was last changed."""
 
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags, with AddTags' syntax: 0 to 50, each [A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}; a set (duplicates merge), returned sorted."""
+
     def __init__(
         self,
         *,
@@ -129,10 +134,11 @@ class Component(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "connector_id", b"connector_id", "create_time", b"create_time", "description", b"description", "etag", b"etag", "flavor", b"flavor", "id", b"id", "name", b"name", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "connector_id", b"connector_id", "create_time", b"create_time", "description", b"description", "etag", b"etag", "flavor", b"flavor", "id", b"id", "name", b"name", "tags", b"tags", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -151,6 +157,7 @@ class Stack(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (a UUID)."""
     name: _builtins.str
@@ -173,6 +180,10 @@ class Stack(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the stack was last changed."""
 
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags, with AddTags' syntax: 0 to 50, each [A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}; a set (duplicates merge), returned sorted."""
+
     def __init__(
         self,
         *,
@@ -183,10 +194,11 @@ class Stack(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_ids", b"component_ids", "create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_ids", b"component_ids", "create_time", b"create_time", "description", b"description", "etag", b"etag", "id", b"id", "name", b"name", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,7 +320,7 @@ class ListStacksRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name and create_time."""
+    """AIP-160 filter over name, create_time and tags (`tags:"x"`: has the tag x; `tags:*`: has any)."""
     order_by: _builtins.str
     """Ordering: "create_time" or "name", optionally with " desc"."""
     def __init__(
@@ -373,7 +385,7 @@ class UpdateStackRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: name, description, component_ids. Empty means all of them."""
+        """Fields to update: name, description, component_ids, tags (replaces the whole set). Empty means all of them."""
 
     def __init__(
         self,
@@ -496,7 +508,7 @@ class ListComponentsRequest(_message.Message):
     page_token: _builtins.str
     """Token from a previous page."""
     filter: _builtins.str
-    """AIP-160 filter over name, type, flavor, connector_id and create_time."""
+    """AIP-160 filter over name, type, flavor, connector_id, create_time and tags (`tags:"x"`: has the tag x; `tags:*`: has any)."""
     order_by: _builtins.str
     """Ordering: "create_time" or "name", optionally with " desc"."""
     def __init__(
@@ -561,7 +573,7 @@ class UpdateComponentRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to update: name, description, configuration, connector_id. Empty means all of them."""
+        """Fields to update: name, description, configuration, connector_id, tags (replaces the whole set). Empty means all of them."""
 
     def __init__(
         self,

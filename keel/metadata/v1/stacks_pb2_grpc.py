@@ -123,7 +123,7 @@ class StackServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateStack(self, request, context):
-        """Updates a stack (name, description, component_ids).
+        """Updates a stack (name, description, component_ids, tags).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,7 +158,7 @@ class StackServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateComponent(self, request, context):
-        """Updates a component (name, description, configuration, connector_id; not its type or flavor).
+        """Updates a component (name, description, configuration, connector_id, tags; not its type or flavor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,7 @@ class StackServiceStub:
     ListStacks: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.ListStacksRequest, _stacks_pb2.ListStacksResponse]
     """Lists the stacks the caller may read."""
     UpdateStack: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.UpdateStackRequest, _stacks_pb2.Stack]
-    """Updates a stack (name, description, component_ids)."""
+    """Updates a stack (name, description, component_ids, tags)."""
     DeleteStack: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.DeleteStackRequest, _stacks_pb2.Stack]
     """Deletes a stack (its components stay)."""
     CreateComponent: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.CreateComponentRequest, _stacks_pb2.Component]
@@ -55,7 +55,7 @@ class StackServiceStub:
     ListComponents: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.ListComponentsRequest, _stacks_pb2.ListComponentsResponse]
     """Lists the components the caller may read."""
     UpdateComponent: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.UpdateComponentRequest, _stacks_pb2.Component]
-    """Updates a component (name, description, configuration, connector_id; not its type or flavor)."""
+    """Updates a component (name, description, configuration, connector_id, tags; not its type or flavor)."""
     DeleteComponent: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.DeleteComponentRequest, _stacks_pb2.Component]
     """Deletes a component; FAILED_PRECONDITION while a stack uses it."""
     ListFlavors: _grpc.UnaryUnaryMultiCallable[_stacks_pb2.ListFlavorsRequest, _stacks_pb2.ListFlavorsResponse]
@@ -75,7 +75,7 @@ class StackServiceAsyncStub(StackServiceStub):
     ListStacks: _aio.UnaryUnaryMultiCallable[_stacks_pb2.ListStacksRequest, _stacks_pb2.ListStacksResponse]  # type: ignore[assignment]
     """Lists the stacks the caller may read."""
     UpdateStack: _aio.UnaryUnaryMultiCallable[_stacks_pb2.UpdateStackRequest, _stacks_pb2.Stack]  # type: ignore[assignment]
-    """Updates a stack (name, description, component_ids)."""
+    """Updates a stack (name, description, component_ids, tags)."""
     DeleteStack: _aio.UnaryUnaryMultiCallable[_stacks_pb2.DeleteStackRequest, _stacks_pb2.Stack]  # type: ignore[assignment]
     """Deletes a stack (its components stay)."""
     CreateComponent: _aio.UnaryUnaryMultiCallable[_stacks_pb2.CreateComponentRequest, _stacks_pb2.Component]  # type: ignore[assignment]
@@ -85,7 +85,7 @@ class StackServiceAsyncStub(StackServiceStub):
     ListComponents: _aio.UnaryUnaryMultiCallable[_stacks_pb2.ListComponentsRequest, _stacks_pb2.ListComponentsResponse]  # type: ignore[assignment]
     """Lists the components the caller may read."""
     UpdateComponent: _aio.UnaryUnaryMultiCallable[_stacks_pb2.UpdateComponentRequest, _stacks_pb2.Component]  # type: ignore[assignment]
-    """Updates a component (name, description, configuration, connector_id; not its type or flavor)."""
+    """Updates a component (name, description, configuration, connector_id, tags; not its type or flavor)."""
     DeleteComponent: _aio.UnaryUnaryMultiCallable[_stacks_pb2.DeleteComponentRequest, _stacks_pb2.Component]  # type: ignore[assignment]
     """Deletes a component; FAILED_PRECONDITION while a stack uses it."""
     ListFlavors: _aio.UnaryUnaryMultiCallable[_stacks_pb2.ListFlavorsRequest, _stacks_pb2.ListFlavorsResponse]  # type: ignore[assignment]
@@ -126,7 +126,7 @@ class StackServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _stacks_pb2.UpdateStackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_stacks_pb2.Stack, _abc.Awaitable[_stacks_pb2.Stack]]:
-        """Updates a stack (name, description, component_ids)."""
+        """Updates a stack (name, description, component_ids, tags)."""
 
     @_abc_1.abstractmethod
     def DeleteStack(
@@ -166,7 +166,7 @@ class StackServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _stacks_pb2.UpdateComponentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_stacks_pb2.Component, _abc.Awaitable[_stacks_pb2.Component]]:
-        """Updates a component (name, description, configuration, connector_id; not its type or flavor)."""
+        """Updates a component (name, description, configuration, connector_id, tags; not its type or flavor)."""
 
     @_abc_1.abstractmethod
     def DeleteComponent(
