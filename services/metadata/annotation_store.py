@@ -310,24 +310,10 @@ async def replace_tags(
     For a resource's `tags` field, written in the transaction that creates or
     versions the resource (its row version serializes concurrent replacements).
     """
-    where = _target(project_id, kind, target_id)(tags)
-    wanted = list(dict.fromkeys(names))
-    stale = delete(tags).where(where)
-    await conn.execute(stale.where(tags.c.tag.not_in(wanted)) if wanted else stale)
-    present = set((await conn.execute(select(tags.c.tag).where(where))).scalars().all())
-    fresh = [
-        {
-            "project_id": project_id,
-            "target_kind": kind,
-            "target_id": target_id,
-            "tag": name,
-            "create_time": now,
-        }
-        for name in wanted
-        if name not in present
-    ]
-    if fresh:
-        await conn.execute(insert(tags), fresh)
+    stale = delete(tags).where(_target(project_id, kind, target_id)(tags))
+    await conn.execute(stale.where(tags.c.tag.not_in(names)) if names else stale)
+    if names:
+        await add_tags(conn, project_id, kind, target_id, names, now)
 
 
 async def insert_log_pointer(conn: AsyncConnection, record: LogPointerRecord) -> None:
