@@ -83,12 +83,11 @@ class _Binder:
             if len(self._shapes) < _MAX_SHAPES:
                 self._shapes[shape] = found
         sql, positions = found
-        return sql, [
-            (params[name] if index is None else params[name][index])
-            if process is None
-            else process(params[name] if index is None else params[name][index])
-            for name, index, process in positions
-        ]
+        args = []
+        for name, index, process in positions:
+            value = params[name] if index is None else params[name][index]
+            args.append(value if process is None else process(value))
+        return sql, args
 
     def _learn(self, params: dict[str, Any]) -> tuple[str, list[_Position]]:
         compiled = self._compiled

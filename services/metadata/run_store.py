@@ -441,7 +441,7 @@ async def write_steps(conn: AsyncConnection, steps: Sequence[StepRunRecord], run
     if conn.dialect.name == "postgresql":
         if steps or run is not None:
             statement = _WRITE_STEPS_AND_RUN if run is not None else _WRITE_STEPS_BY_ARRAYS
-            values = _STEP_STATE_ROWS.params([{"id": step.id, **values_of(step)} for step in steps])
+            values = _STEP_STATE_ROWS.params([values_of(step) for step in steps])
             if run is not None:
                 values.update(_run_values(run))
             await statement.execute(conn, values)
