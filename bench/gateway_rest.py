@@ -7,12 +7,17 @@ Processes (so that the client, the gateway and the servers do not share one even
   found through orgs' workspace registry), rate limits off, logging at the default level
   (access logs included);
 - the client: this script with `client`, a separate process measuring
-  1. latency: --calls sequential GetRun over REST (keep-alive; aiohttp, whose HTTP parser is C,
-     then httpx, pure Python, for comparison) and over gRPC (grpc.aio, C core), alternating per
-     round; p50/p99 of each and the p50 ratio (target ≤ 1.5);
+  1. latency: --calls sequential GetRun over gRPC (grpc.aio, C core) and over REST (keep-alive)
+     from three clients: "lean" (prepared request bytes, answers parsed by httptools: what wrk
+     does, so the figure is the gateway's and not a client library's), aiohttp (C parser) and
+     httpx (pure Python). One call of each in turn, so that all meet the same moments of a noisy
+     machine; p50/p99 of each and the REST/gRPC p50 ratio per client (target ≤ 1.5); then the
+     REST p50 from `wrk` on one connection;
   2. REST throughput for --duration seconds with --connections keep-alive connections: `wrk`
      when installed (the token in a 0600 Lua script, never on a command line), else a bounded
-     httpx loop; target ≥ 2,000 requests/s.
+     httpx loop; target ≥ 2,000 requests/s. The gateway's and the backend's CPU time per request
+     during it (from /proc) tell what each would need of a core of its own.
+The client and this process run on uvloop, as the gateway does.
 The caller is the organization owner (real RBAC, cached permission answers).
 
     python bench/gateway_rest.py --calls 2000 --rounds 3 --connections 32 --duration 10
@@ -32,21 +37,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 import grpc
+import httptools
 import httpx
+import uvloop
 
 from keel.metadata.v1 import runs_pb2, runs_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+# The REST clients of the latency step, each timed in turn with the gRPC call (see _LeanHttpClient).
+REST_CLIENTS = ("lean", "aiohttp", "httpx")
 
 
 def _quantiles(latencies: list[float]) -> dict[str, float]:
@@ -54,28 +63,78 @@ def _quantiles(latencies: list[float]) -> dict[str, float]:
     return {"p50": cuts[49] * 1000, "p99": cuts[98] * 1000}
 
 
-async def _rest_latency(get: Callable[[], Awaitable[int]], calls: int) -> dict[str, float]:
-    """Sequential calls of `get` (which answers the HTTP status), timed."""
-    latencies = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        status = await get()
-        latencies.append(time.perf_counter() - start)
-        if status != 200:
-            raise RuntimeError(f"REST GetRun answered {status}")
-    return _quantiles(latencies)
+async def _interleaved_latency(
+    calls: Mapping[str, Callable[[], Awaitable[None]]], count: int
+) -> dict[str, Any]:
+    """`count` sequential rounds of one call of each client in turn, each call timed: every client
+    sees the same moments of a noisy machine, so their ratio is measured in one run."""
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(count):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            await call()
+            latencies[name].append(time.perf_counter() - start)
+    return {name: _quantiles(measured) for name, measured in latencies.items()}
 
 
-async def _grpc_latency(
-    stub: runs_pb2_grpc.RunServiceAsyncStub, request: runs_pb2.GetRunRequest, token: str, calls: int
-) -> dict[str, float]:
-    metadata = (("authorization", f"Bearer {token}"),)
-    latencies = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        await stub.GetRun(request, metadata=metadata)
-        latencies.append(time.perf_counter() - start)
-    return _quantiles(latencies)
+class _LeanHttpClient(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends prepared GET bytes and parses each answer with
+    httptools (llhttp, the parser family wrk uses): what wrk does, in-process, so that REST calls can
+    be interleaved with gRPC calls without a Python HTTP library's own cost in the REST figure."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._answer: asyncio.Future[int] | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> _LeanHttpClient:
+        _, client = await asyncio.get_running_loop().create_connection(cls, host, port)
+        return client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(self._parser.get_status_code())
+
+    async def get(self, request: bytes) -> int:
+        """Sends one prepared request and waits for its whole answer; its HTTP status."""
+        assert self._transport is not None
+        self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        return await self._answer
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _expect_ok(status: int) -> None:
+    if status != 200:
+        raise RuntimeError(f"REST GetRun answered {status}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _with_cpu(pids: dict[str, int], measuring: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Awaits a load (which answers requests_per_second and seconds) and adds each process's CPU
+    milliseconds per request during it."""
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    measured = await measuring
+    requests = measured["requests_per_second"] * measured["seconds"]
+    measured["cpu_ms_per_request"] = {
+        name: (_cpu_seconds(pid) - before[name]) * 1000 / max(requests, 1) for name, pid in pids.items()
+    }
+    return measured
 
 
 def _wrk(url: str, token: str, connections: int, duration: int) -> dict[str, Any]:
@@ -105,6 +164,7 @@ def _wrk(url: str, token: str, connections: int, duration: int) -> dict[str, Any
         "requests_per_second": float(rate.group(1)) if rate else 0.0,
         "non_2xx": int(errors.group(1)) if errors else 0,
         "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else None,
+        "seconds": duration,
     }
 
 
@@ -133,6 +193,7 @@ async def _httpx_load(
         "requests_per_second": done / elapsed,
         "non_2xx": failed,
         "p50_ms": None,
+        "seconds": elapsed,
     }
 
 
@@ -156,7 +217,8 @@ async def _grpc_load(
 
     started = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return {"requests_per_second": done / (time.monotonic() - started)}
+    elapsed = time.monotonic() - started
+    return {"requests_per_second": done / elapsed, "seconds": elapsed}
 
 
 async def client_main(args: argparse.Namespace) -> None:
@@ -170,40 +232,46 @@ async def client_main(args: argparse.Namespace) -> None:
     channel = grpc.aio.insecure_channel(target["grpc_address"])
     stub = runs_pb2_grpc.RunServiceStub(channel)
     headers = {"authorization": f"Bearer {token}"}
+    metadata = (("authorization", f"Bearer {token}"),)
+    address = target["rest_url"].removeprefix("http://")
+    host, port = address.rsplit(":", 1)
+    lean = await _LeanHttpClient.open(host, int(port))
+    prepared = f"GET {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\r\n".encode()
     async with (
         httpx.AsyncClient(base_url=target["rest_url"], headers=headers) as rest,
         aiohttp.ClientSession(base_url=target["rest_url"], headers=headers) as session,
     ):
 
-        async def with_httpx() -> int:
-            return (await rest.get(path)).status_code
+        async def with_lean() -> None:
+            _expect_ok(await lean.get(prepared))
 
-        async def with_aiohttp() -> int:
+        async def with_aiohttp() -> None:
             async with session.get(path) as answer:
                 await answer.read()
-                return answer.status
+                _expect_ok(answer.status)
 
+        async def with_httpx() -> None:
+            _expect_ok((await rest.get(path)).status_code)
+
+        async def with_grpc() -> None:
+            await stub.GetRun(request, metadata=metadata)
+
+        calls = {"grpc": with_grpc, "lean": with_lean, "aiohttp": with_aiohttp, "httpx": with_httpx}
         # Warm-up: connections, the gateway's workspace cache, RBAC's and the verifier's caches.
-        await _rest_latency(with_aiohttp, 200)
-        await _rest_latency(with_httpx, 200)
-        await _grpc_latency(stub, request, token, 200)
-        rounds = []
-        for _ in range(args.rounds):
-            rounds.append(
-                {
-                    "rest": await _rest_latency(with_aiohttp, args.calls),
-                    "rest_httpx": await _rest_latency(with_httpx, args.calls),
-                    "grpc": await _grpc_latency(stub, request, token, args.calls),
-                }
-            )
+        await _interleaved_latency(calls, 200)
+        rounds = [await _interleaved_latency(calls, args.calls) for _ in range(args.rounds)]
+    lean.close()
     sequential = None
     if shutil.which("wrk"):
         # The same sequential REST calls from a C client: the gateway without httpx's own cost.
         sequential = _wrk(target["rest_url"] + path, token, 1, args.duration)
-        load = _wrk(target["rest_url"] + path, token, args.connections, args.duration)
+        loading = asyncio.to_thread(_wrk, target["rest_url"] + path, token, args.connections, args.duration)
     else:
-        load = await _httpx_load(target["rest_url"], path, token, args.connections, args.duration)
-    direct = await _grpc_load(stub, request, token, args.connections, args.duration)
+        loading = _httpx_load(target["rest_url"], path, token, args.connections, args.duration)
+    # The servers' CPU per request under load: what each would need of a core for the target.
+    pids = {"gateway": target["gateway_pid"], "backend": target["backend_pid"]}
+    load = await _with_cpu(pids, loading)
+    direct = await _with_cpu(pids, _grpc_load(stub, request, token, args.connections, args.duration))
     await channel.close(None)
     print(json.dumps({"rounds": rounds, "load": load, "grpc_load": direct, "sequential": sequential}))
 
@@ -277,6 +345,8 @@ async def main(args: argparse.Namespace) -> None:
                                 "run_id": listed.runs[0].id,
                                 "grpc_address": stack.address,
                                 "rest_url": f"http://127.0.0.1:{port}",
+                                "gateway_pid": gateway.pid,
+                                "backend_pid": os.getpid(),
                             },
                             handle,
                         )
@@ -292,8 +362,10 @@ async def main(args: argparse.Namespace) -> None:
                         f"--duration={args.duration}",
                     ]
                     measured = await asyncio.to_thread(
-                        subprocess.run, command, capture_output=True, text=True, check=True
+                        subprocess.run, command, capture_output=True, text=True
                     )
+                    if measured.returncode != 0:
+                        raise RuntimeError(f"the client failed:\n{measured.stderr}")
                 finally:
                     gateway.terminate()
                     gateway.wait(timeout=30)
@@ -302,25 +374,25 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"\nGetRun, {args.calls} sequential calls per round, {args.rounds} rounds")
+    print(f"\nGetRun, {args.calls} sequential calls per round, {args.rounds} rounds, the clients in turn")
     print(
-        "| round | REST p50 (aiohttp) | REST p99 | gRPC p50 (grpc.aio) | gRPC p99 | p50 ratio "
-        "| REST p50 (httpx) | its ratio |"
+        "| round | gRPC p50 / p99 (grpc.aio) | "
+        + " | ".join(f"REST p50 / p99, ratio ({name})" for name in REST_CLIENTS)
+        + " |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    ratios, httpx_ratios = [], []
+    print("|---|---|" + "---|" * len(REST_CLIENTS))
+    ratios: dict[str, list[float]] = {name: [] for name in REST_CLIENTS}
     for number, measured in enumerate(results["rounds"], 1):
-        rest, direct, slow = measured["rest"], measured["grpc"], measured["rest_httpx"]
-        ratios.append(rest["p50"] / direct["p50"])
-        httpx_ratios.append(slow["p50"] / direct["p50"])
-        print(
-            f"| {number} | {rest['p50']:.2f} ms | {rest['p99']:.2f} ms | {direct['p50']:.2f} ms "
-            f"| {direct['p99']:.2f} ms | {ratios[-1]:.2f} | {slow['p50']:.2f} ms | {httpx_ratios[-1]:.2f} |"
-        )
-    print(
-        f"median p50 ratio: {statistics.median(ratios):.2f} with aiohttp, "
-        f"{statistics.median(httpx_ratios):.2f} with httpx (target ≤ 1.5)"
-    )
+        direct = measured["grpc"]
+        cells = [f"{direct['p50']:.2f} / {direct['p99']:.2f} ms"]
+        for name in REST_CLIENTS:
+            ratios[name].append(measured[name]["p50"] / direct["p50"])
+            cells.append(
+                f"{measured[name]['p50']:.2f} / {measured[name]['p99']:.2f} ms, {ratios[name][-1]:.2f}"
+            )
+        print(f"| {number} | " + " | ".join(cells) + " |")
+    medians = ", ".join(f"{statistics.median(ratios[name]):.2f} ({name})" for name in REST_CLIENTS)
+    print(f"median p50 ratio REST / gRPC: {medians} (target ≤ 1.5)")
     sequential = results.get("sequential")
     if sequential is not None:
         grpc_p50 = statistics.median(measured["grpc"]["p50"] for measured in results["rounds"])
@@ -335,10 +407,20 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"REST throughput ({load['tool']}): {load['requests_per_second']:,.0f} requests/s{p50}, "
         f"{load['non_2xx']} non-2xx (target ≥ 2,000/s)"
     )
+    direct = results["grpc_load"]
     print(
         f"gRPC throughput (direct, {args.connections} concurrent calls from Python): "
-        f"{results['grpc_load']['requests_per_second']:,.0f} requests/s"
+        f"{direct['requests_per_second']:,.0f} requests/s"
     )
+    for name, measured in (("REST", load), ("gRPC", direct)):
+        cpu = measured["cpu_ms_per_request"]
+        print(
+            f"CPU per request under the {name} load: gateway {cpu['gateway']:.3f} ms, "
+            f"backend {cpu['backend']:.3f} ms (one core serves {1000 / max(cpu['gateway'], 1e-9):,.0f} "
+            "gateway requests/s at that cost)"
+            if name == "REST"
+            else f"CPU per request under the {name} load: backend {cpu['backend']:.3f} ms"
+        )
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
 
 
@@ -360,4 +442,5 @@ def _arguments() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = _arguments()
-    asyncio.run(client_main(arguments) if arguments.mode == "client" else main(arguments))
+    # uvloop in both processes, as in the gateway: the clients' own loop is not what is measured.
+    uvloop.run(client_main(arguments) if arguments.mode == "client" else main(arguments))

@@ -19,11 +19,12 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf import descriptor
 from google.protobuf.message import Message
+from opentelemetry import propagate
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.backends import Backend, Backends, NoBackend
 from gateway.bindings import Binding, bindings_of, keel_services
@@ -115,7 +116,10 @@ class Gateway:
             )
         return body
 
-    def _metadata(self, request: Request, request_id: str) -> list[tuple[str, str]]:
+    def call_metadata(self, request: Request, request_id: str) -> list[tuple[str, str]]:
+        """What every backend call of this request carries (the backend channels add nothing): the
+        request id, the caller's bearer token, its address and the W3C trace context of the current
+        span, so the backend's span is a child of this request's."""
         metadata = [(REQUEST_ID_KEY, request_id)]
         authorization = request.headers.get("authorization", "")
         # Only bearer tokens travel on; the kit reads nothing else, and other credentials stay here.
@@ -123,6 +127,9 @@ class Gateway:
             metadata.append((AUTHORIZATION_KEY, authorization))
         if request.client is not None:
             metadata.append((FORWARDED_FOR_KEY, request.client.host))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        metadata.extend(carrier.items())
         return metadata
 
     async def transcode(self, request: Request) -> Response:
@@ -176,7 +183,7 @@ class Gateway:
         body = await self._body(request, binding)
         query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         message = build_request(binding, found.values, query, body)
-        metadata = self._metadata(request, request_id)
+        metadata = self.call_metadata(request, request_id)
         timeout = backend_timeout(request.scope, self.settings)
 
         async def call(backend: Backend) -> Message:
@@ -189,7 +196,7 @@ class Gateway:
                 return await respond_sse(
                     self.backends, binding, request, message, metadata, heartbeat, request_id
                 )
-            response = await self.backends.call_with_failover(binding, request, message, call)
+            response = await self.backends.call_with_failover(binding, metadata, message, call)
         except NoBackend:
             raise GatewayError(
                 grpc.StatusCode.UNAVAILABLE, "no backend serves this method", reason="NO_BACKEND"
@@ -266,7 +273,7 @@ def create_app(
     backends: Backends | None = None,
     services: Sequence[descriptor.ServiceDescriptor] | None = None,
     clock: Clock | None = None,
-) -> Starlette:
+) -> ASGIApp:
     """The ASGI app; its lifespan closes the backend channels at shutdown."""
     gateway = build_gateway(settings, backends=backends, services=services)
     identity = EdgeIdentity(settings, clock=clock)  # sessions, API keys, login routes (gateway/identity.py)
@@ -279,21 +286,37 @@ def create_app(
             await gateway.backends.close()
             await identity.close()
 
-    app = Starlette(
-        routes=[
-            Route(HEALTH_PATH, gateway.healthz, methods=["GET"]),
-            Route(READY_PATH, gateway.readyz, methods=["GET"]),
-            Route(OPENAPI_PATH, gateway.openapi_document, methods=["GET"]),
-            *identity.routes(),
-            Route("/{path:path}", gateway),
-        ],
-        lifespan=lifespan,
-        middleware=[*edge_stack(settings), identity.middleware()],
-    )
-    # Starlette's `path` pattern stops at a newline: such a path gets the JSON 404 too, not a text one.
-    app.router.default = gateway
-    app.state.gateway = gateway
+    own_routes = [
+        Route(HEALTH_PATH, gateway.healthz, methods=["GET"]),
+        Route(READY_PATH, gateway.readyz, methods=["GET"]),
+        Route(OPENAPI_PATH, gateway.openapi_document, methods=["GET"]),
+        *identity.routes(),
+    ]
+    app: ASGIApp = _Dispatch(Starlette(routes=own_routes, lifespan=lifespan), own_routes, gateway)
+    # The middleware wraps the dispatch the way Starlette would (the first outermost), without
+    # Starlette's own error and routing layers on every API call: ObservabilityMiddleware answers an
+    # unhandled error with the JSON 500.
+    for cls, args, kwargs in reversed([*edge_stack(settings), identity.middleware()]):
+        app = cls(app, *args, **kwargs)
     return app
+
+
+class _Dispatch:
+    """The gateway's own routes (health, OpenAPI, login) go to Starlette; every other request goes
+    straight to the transcoding, whose router answers the JSON 404 and 405."""
+
+    def __init__(self, own: Starlette, own_routes: Sequence[Route], api: Gateway) -> None:
+        self.own = own
+        self.api = api
+        self.own_requests = frozenset(
+            (method, route.path) for route in own_routes for method in route.methods or ()
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["method"], scope["path"]) not in self.own_requests:
+            await self.api(scope, receive, send)
+        else:
+            await self.own(scope, receive, send)
 
 
 __all__ = ["Gateway", "build_gateway", "build_router", "create_app", "parse_template", "served_bindings"]

@@ -5,15 +5,17 @@ KEEL_GATEWAY_BACKENDS) go to configured addresses. Workspace packages
 (keel.metadata.v1) go to the server orgs' registry names for the request's
 `workspace_id` (gateway/workspaces.py), on one channel per endpoint. Calls are
 generic: cached `unary_unary` / `unary_stream` multicallables per method with
-the binding's serializers, on channels from the kit's `connect` (retry on
-UNAVAILABLE and a default deadline for configured backends; no retry for
-workspace servers, whose failover is `call_with_failover`).
+the binding's serializers, on channels from the kit's `connect` without its
+interceptors: every call brings its own metadata (request id, credentials,
+trace context: `Gateway.call_metadata`) and deadline. Configured backends
+retry on UNAVAILABLE; workspace servers do not, their failover is
+`call_with_failover`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.bindings import Binding
 from gateway.errors import bad_request
-from gateway.workspaces import WORKSPACE_FIELD, Location, WorkspaceRouter, grpc_target, unreachable
+from gateway.workspaces import WORKSPACE_FIELD, Location, Metadata, WorkspaceRouter, grpc_target, unreachable
 from services.kit.clients import connect
 from services.kit.status import rich_status_of
 
@@ -94,7 +96,7 @@ class Backends:
         for package, address in addresses.items():
             backend = self._by_address.get(address)
             if backend is None:
-                backend = Backend(package, address, connect(address))
+                backend = Backend(package, address, connect(address, propagate=False))
                 self._by_address[address] = backend
             else:
                 backend.name = f"{backend.name},{package}"
@@ -127,10 +129,12 @@ class Backends:
     def _routed_by_workspace(self, binding: Binding) -> bool:
         return binding.service.file.package in self._workspace_packages
 
-    async def channel_for(self, binding: Binding, request: object, message: Message | None = None) -> Backend:
-        """The backend serving `binding`'s RPC for this HTTP request (workspace RPCs: and its message)."""
+    async def channel_for(
+        self, binding: Binding, metadata: Metadata, message: Message | None = None
+    ) -> Backend:
+        """The backend serving `binding`'s RPC for a call with this metadata (workspace RPCs: and message)."""
         if self._routed_by_workspace(binding):
-            location = await self._locate(binding, request, message)
+            location = await self._locate(binding, metadata, message)
             return self._endpoint_backend(location.endpoint)
         backend = self._by_package.get(binding.service.file.package)
         if backend is None:
@@ -140,7 +144,7 @@ class Backends:
     async def call_with_failover(
         self,
         binding: Binding,
-        request: object,
+        metadata: Metadata,
         message: Message,
         attempt: Callable[[Backend], Awaitable[T]],
     ) -> T:
@@ -148,15 +152,15 @@ class Backends:
         reached (UNAVAILABLE from the channel, not from the server), the cached endpoint is dropped and the
         registry asked once more: a new endpoint is tried once, the same one is a 503 naming the workspace."""
         if not self._routed_by_workspace(binding):
-            return await attempt(await self.channel_for(binding, request, message))
-        location = await self._locate(binding, request, message)
+            return await attempt(await self.channel_for(binding, metadata, message))
+        location = await self._locate(binding, metadata, message)
         try:
             return await attempt(self._endpoint_backend(location.endpoint))
         except grpc.aio.AioRpcError as error:
             if not _connection_failure(error):
                 raise
         assert self.workspaces is not None
-        fresh = await self.workspaces.refresh(location, _auth_metadata(request))
+        fresh = await self.workspaces.refresh(location, metadata)
         if fresh.endpoint == location.endpoint:
             raise unreachable(location.workspace_id)
         try:
@@ -166,14 +170,14 @@ class Backends:
                 raise unreachable(location.workspace_id) from None
             raise
 
-    async def _locate(self, binding: Binding, request: object, message: Message | None) -> Location:
+    async def _locate(self, binding: Binding, metadata: Metadata, message: Message | None) -> Location:
         if self.workspaces is None or message is None:
             raise NoBackend(binding.service.full_name)
         workspace_id = str(getattr(message, WORKSPACE_FIELD, ""))
         if not workspace_id:
             # Without a workspace there is no server to ask, so the gateway names the field itself.
             raise bad_request(WORKSPACE_FIELD, "is required")
-        return await self.workspaces.locate(workspace_id, _auth_metadata(request))
+        return await self.workspaces.locate(workspace_id, metadata)
 
     def _endpoint_backend(self, endpoint: str) -> Backend:
         backend = self._by_endpoint.get(endpoint)
@@ -182,7 +186,7 @@ class Backends:
             channel = (
                 grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
                 if secure
-                else connect(target, service_config_retry=False)
+                else connect(target, service_config_retry=False, propagate=False)
             )
             backend = Backend(f"workspace server {endpoint}", target, channel)
             self._by_endpoint[endpoint] = backend
@@ -198,15 +202,6 @@ class Backends:
         """Closes every channel."""
         for backend in (*self._by_address.values(), *self._by_endpoint.values()):
             await backend.channel.close(None)
-
-
-def _auth_metadata(request: object) -> Sequence[tuple[str, str]]:
-    """The caller's bearer token as call metadata (what the registry lookup is asked with)."""
-    headers = getattr(request, "headers", None)
-    authorization = headers.get("authorization", "") if headers is not None else ""
-    if isinstance(authorization, str) and authorization[:7].lower() == "bearer ":
-        return (("authorization", authorization),)
-    return ()
 
 
 def _connection_failure(error: grpc.aio.AioRpcError) -> bool:

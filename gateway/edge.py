@@ -181,19 +181,21 @@ class EdgeMiddleware:
             settings.gateway_rate_limit_principal_burst,
             clock=clock,
         )
-        self._security = [
+        security = [
             ("x-content-type-options", "nosniff"),
             ("content-security-policy", CONTENT_SECURITY_POLICY),
             ("referrer-policy", "no-referrer"),
             ("x-frame-options", "DENY"),
         ]
         if settings.gateway_hsts_max_age_seconds:
-            self._security.append(
+            security.append(
                 (
                     "strict-transport-security",
                     f"max-age={settings.gateway_hsts_max_age_seconds}; includeSubDomains",
                 )
             )
+        # Encoded once: every response gets them (unless the app set its own).
+        self._security = [(name.encode(), value.encode()) for name, value in security]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -207,7 +209,7 @@ class EdgeMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self._decorate(MutableHeaders(scope=message), allowed_origin, origin is not None)
+                self._decorate(message, allowed_origin, origin is not None)
             await send(message)
 
         if scope["method"] == "OPTIONS" and origin is not None and "access-control-request-method" in headers:
@@ -219,11 +221,15 @@ class EdgeMiddleware:
             return
         await self.app(scope, receive, send_with_headers)
 
-    def _decorate(self, headers: MutableHeaders, allowed_origin: str | None, cross_origin: bool) -> None:
-        for name, value in self._security:
-            headers.setdefault(name, value)
-        if cross_origin:
-            headers.add_vary_header("Origin")
+    def _decorate(self, message: Message, allowed_origin: str | None, cross_origin: bool) -> None:
+        raw: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+        present = {name.lower() for name, _ in raw}
+        raw.extend(header for header in self._security if header[0] not in present)
+        message["headers"] = raw
+        if not cross_origin:
+            return
+        headers = MutableHeaders(scope=message)
+        headers.add_vary_header("Origin")
         if allowed_origin is not None:
             headers["access-control-allow-origin"] = allowed_origin
             headers["access-control-expose-headers"] = CORS_EXPOSED_HEADERS

@@ -21,7 +21,6 @@ from typing import Any
 import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import JSON_MEDIA_TYPE, REASON_INTERNAL, error_body, make_status
@@ -88,9 +87,10 @@ class ObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                if "x-request-id" not in headers:
-                    headers["x-request-id"] = request_id
+                headers = list(message.get("headers", ()))
+                if all(name.lower() != REQUEST_ID_HEADER for name, _ in headers):
+                    headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                message["headers"] = headers
             await send(message)
 
         method = scope["method"]

@@ -199,5 +199,5 @@ async def respond(
     async def attempt(backend: Backend) -> OpenedStream:
         return await open_stream(backend, binding, message, metadata, heartbeat_seconds)
 
-    opened = await backends.call_with_failover(binding, request, message, attempt)
+    opened = await backends.call_with_failover(binding, metadata, message, attempt)
     return EventStreamResponse(binding, opened, heartbeat_seconds, {"x-request-id": request_id})

@@ -9,6 +9,10 @@
   client interceptors) and the caller's credentials
   (`authorization: Bearer <principal.token>`) unless the call brings its own.
 
+`connect(target, propagate=False)` leaves out the last two (two interceptor
+layers and a client span, 0.1 to 0.2 ms a call): for a caller that gives every
+call its metadata, trace context and deadline itself (the REST gateway).
+
 Retries and idempotency: gRPC may send a request again after UNAVAILABLE, so
 only idempotent methods may be retried. By default the policy covers every
 method, because Keel's contracts make every RPC safe to repeat (reads;
@@ -124,12 +128,18 @@ def connect(
     idempotent_methods: Sequence[str] | None = None,
     default_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     tracer_provider: TracerProvider | None = None,
+    propagate: bool = True,
 ) -> grpc.aio.Channel:
-    """An insecure channel to another service, with the kit's retry, deadline and propagation."""
-    interceptors: list[Any] = [
-        _PropagatingInterceptor(default_timeout_seconds),
-        *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
-    ]
+    """An insecure channel to another service, with the kit's retry, deadline and (unless `propagate`
+    is false) propagation."""
+    interceptors: list[Any] = (
+        [
+            _PropagatingInterceptor(default_timeout_seconds),
+            *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+        ]
+        if propagate
+        else []
+    )
     options = [
         ("grpc.enable_retries", 1 if service_config_retry else 0),
         ("grpc.service_config", service_config(idempotent_methods, retry=service_config_retry)),

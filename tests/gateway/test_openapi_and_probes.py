@@ -106,6 +106,12 @@ async def test_healthz_and_readyz_follow_the_backends(
 ) -> None:
     client = await start_gateway({TESTING_PACKAGE: echo_backend.address})
     assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.head("/healthz")).status_code == 200
+    # Another method on a probe's path is an API path like any other: the JSON 404, with a request id.
+    posted = await client.post("/healthz")
+    assert posted.status_code == 404
+    assert posted.json()["error"]["status"] == "NOT_FOUND"
+    assert posted.headers["x-request-id"]
     ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "backends": {TESTING_PACKAGE: "SERVING"}}

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from keel.testing.v1 import echo_pb2, echo_pb2_grpc
 from services.kit import telemetry
 from services.kit.clients import connect, service_config
+from services.kit.context import request_id_var
 from services.kit.logs import JsonFormatter, setup_logging
 from tests.kit.conftest import KeySet, StartServer
 from tests.kit.echo_service import EchoServicer
@@ -157,6 +158,31 @@ async def test_client_span_is_parent_of_server_span_and_logs_carry_trace_id(
     logged = json.loads(stream.getvalue().splitlines()[0])
     assert logged["trace_id"] == format(caller.get_span_context().trace_id, "032x")
     assert logged["span_id"] == format(server_span.context.span_id, "016x")
+
+
+async def test_a_channel_without_propagation_sends_only_what_each_call_brings(
+    start_server: StartServer, kit_connect: Connect, keys: KeySet
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    downstream = EchoServicer()
+    server = await start_server(downstream)
+    stub = echo_pb2_grpc.EchoServiceStub(kit_connect(server.port, propagate=False, tracer_provider=provider))
+    token = keys.mint(sub="u-bare", org="o-bare")
+    ambient = request_id_var.set("req-ambient")
+    try:
+        with provider.get_tracer("test").start_as_current_span("caller"):
+            who = await stub.WhoAmI(echo_pb2.WhoAmIRequest(), metadata=(("authorization", f"Bearer {token}"),))
+    finally:
+        request_id_var.reset(ambient)
+
+    assert who.subject == "u-bare"
+    seen = downstream.seen_metadata[-1]
+    # Neither the ambient request id nor the current span travel: the caller adds them per call.
+    assert seen.get("x-request-id") is None
+    assert "traceparent" not in seen
+    assert [span.name for span in exporter.get_finished_spans()] == ["caller"]
 
 
 def test_setup_tracing_is_idempotent_and_names_the_service() -> None:
