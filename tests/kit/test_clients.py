@@ -173,7 +173,8 @@ async def test_a_channel_without_propagation_sends_only_what_each_call_brings(
     ambient = request_id_var.set("req-ambient")
     try:
         with provider.get_tracer("test").start_as_current_span("caller"):
-            who = await stub.WhoAmI(echo_pb2.WhoAmIRequest(), metadata=(("authorization", f"Bearer {token}"),))
+            metadata = (("authorization", f"Bearer {token}"),)
+            who = await stub.WhoAmI(echo_pb2.WhoAmIRequest(), metadata=metadata)
     finally:
         request_id_var.reset(ambient)
 
