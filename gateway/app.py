@@ -262,7 +262,7 @@ def build_gateway(
         backends, services if services is not None else keel_services(backends.packages)
     )
     router = build_router([*bindings, *streams])
-    document = build_document(bindings, load_comments())
+    document = build_document([*bindings, *streams], load_comments())
     openapi = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
     return Gateway(settings, backends, router, openapi)
 

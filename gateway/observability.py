@@ -63,8 +63,13 @@ def _adopt_request_id(scope: Scope) -> str:
     return request_id
 
 
-def _carrier(scope: Scope) -> dict[str, str]:
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", ())}
+def _carrier(scope: Scope, fields: frozenset[bytes]) -> dict[str, str]:
+    """The request headers the propagators read (traceparent, ...); the others are not decoded."""
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope.get("headers", ())
+        if name in fields
+    }
 
 
 class ObservabilityMiddleware:
@@ -73,6 +78,7 @@ class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, *, tracer_provider: TracerProvider | None = None) -> None:
         self.app = app
         self._tracer = trace.get_tracer("gateway", tracer_provider=tracer_provider)
+        self._propagated = frozenset(name.encode() for name in propagate.get_global_textmap().fields)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,7 +109,7 @@ class ObservabilityMiddleware:
         try:
             with self._tracer.start_as_current_span(
                 method,
-                context=propagate.extract(_carrier(scope)),
+                context=propagate.extract(_carrier(scope, self._propagated)),
                 kind=SpanKind.SERVER,
                 attributes=attributes,
                 record_exception=True,

@@ -5,6 +5,8 @@ their proto3 JSON form, text from the proto comments (keel/descriptors.binpb,
 written with source info by `make protos`), and each operation's description
 ends with its authorization rule (`keel.authz.v1.rule`), also given as the
 `x-keel-authorization` extension. Errors share one schema (see errors.py).
+Server-streaming bindings, served as SSE (streams.py), answer `text/event-stream`;
+`x-keel-event-schema` gives the schema of each event's `data`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gateway.bindings import (
     message_of,
 )
 from gateway.routes import ONE, REST
+from gateway.streams import CURSOR_FIELD, SSE_MEDIA_TYPE
 from keel.authz.v1 import authz_pb2
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,9 @@ OPENAPI_VERSION = "3.1.0"
 SECURITY_SCHEME = "bearer"
 ERROR_SCHEMA = "Error"
 _REF = "#/components/schemas/"
+# The schema of each event's `data` in a text/event-stream response (a `$ref` to the event message).
+EVENT_SCHEMA = "x-keel-event-schema"
+LAST_EVENT_ID_HEADER = "Last-Event-ID"
 
 _SCALAR_SCHEMAS: dict[int, Schema] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
@@ -388,10 +394,123 @@ def _shape(path: str, names: Sequence[str]) -> str:
     return path
 
 
+def _path_parameters(
+    builder: _Builder, binding: Binding, parts: Sequence[tuple[str, str | None, str]], names: Sequence[str]
+) -> list[Schema]:
+    """The path parameters of a binding, under the path's canonical variable `names`."""
+    parameters: list[Schema] = []
+    for (_, field_path, pattern), name in zip(parts, names, strict=True):
+        if field_path is None:
+            parameters.append(
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": f"Any {'path' if pattern == REST else 'segment'}; not passed on.",
+                }
+            )
+            continue
+        leaf = binding.path_fields[field_path][-1]
+        schema = dict(builder.value_schema(leaf))
+        text = builder.comments.get(leaf.full_name, "")
+        if name != field_path:
+            text = f"{text} Sets `{field_path}`.".strip()
+        if pattern != ONE:
+            text = f"{text} Matches `{pattern}` (slashes included).".strip()
+        parameter: Schema = {"name": name, "in": "path", "required": True, "schema": schema}
+        if text:
+            parameter["description"] = text
+        if name != field_path:
+            parameter["x-keel-field"] = field_path
+        parameters.append(parameter)
+    return parameters
+
+
+def _json_success(builder: _Builder, binding: Binding) -> Schema:
+    """The 200 response of a unary binding: its response (or `response_body` field) as JSON."""
+    return {
+        "description": "Success.",
+        "content": {"application/json": {"schema": builder.response_schema(binding)}},
+    }
+
+
+def _resumable(binding: Binding) -> bool:
+    """Whether streams.py resumes this stream from `Last-Event-ID` (its request has the cursor field)."""
+    return CURSOR_FIELD in binding.method.input_type.fields_by_name
+
+
+def _resume_parameters(binding: Binding) -> list[Schema]:
+    """The optional `Last-Event-ID` header of a resumable stream."""
+    if not _resumable(binding):
+        return []
+    cursor = binding.method.input_type.fields_by_name[CURSOR_FIELD].json_name
+    return [
+        {
+            "name": LAST_EVENT_ID_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            "description": "The resume cursor: the `id` of the last event received (EventSource sends it "
+            f"when it reconnects). Sets `{CURSOR_FIELD}`, ahead of the `{cursor}` query parameter.",
+        }
+    ]
+
+
+def _event_stream_success(builder: _Builder, binding: Binding) -> Schema:
+    """The 200 response of a server-streaming binding, served as SSE (see streams.py).
+
+    OpenAPI 3.1 has no schema for the events of a stream (3.2's `itemSchema` would be one), so the body
+    is a string and `x-keel-event-schema` gives the schema of each event's `data`.
+    """
+    output = binding.method.output_type.full_name
+    field = binding.response_field
+    message = output if field is None else f"the `{field.json_name}` field of {output}"
+    text = f"A Server-Sent Events stream. Each event's `data` is {message} in proto3 JSON "
+    text += f"(schema: `{EVENT_SCHEMA}`)"
+    if "cursor" in binding.method.output_type.fields_by_name:
+        text += ", its `id` the event's `cursor`"
+        if _resumable(binding):
+            text += f" (sent back as `{LAST_EVENT_ID_HEADER}`, a reconnect resumes after it)"
+    text += (
+        ". `: heartbeat` comments keep an idle connection open. An error after the first event is an "
+        "`event: error` whose `data` is an Error, and ends the stream; one before it is the JSON error."
+    )
+    return {
+        "description": text,
+        "content": {
+            SSE_MEDIA_TYPE: {"schema": {"type": "string"}, EVENT_SCHEMA: builder.response_schema(binding)}
+        },
+    }
+
+
+def _operation(builder: _Builder, binding: Binding, parameters: list[Schema], success: Schema) -> Schema:
+    """The operation of a binding: ids, text ending with the authorization rule, errors, security."""
+    rule, machine_rule = rule_text(binding.method)
+    comment = builder.comments.get(binding.method.full_name, "")
+    operation: Schema = {
+        "operationId": binding.method.full_name + (f"_{binding.index + 1}" if binding.index else ""),
+        "tags": [binding.service.name],
+        "summary": comment.split(". ")[0].rstrip(".") if comment else binding.method.name,
+        "description": f"{comment}\n\n**Authorization:** {rule}".strip(),
+        "parameters": parameters,
+        "responses": {"200": success, "default": {"$ref": "#/components/responses/Error"}},
+        "security": [{SECURITY_SCHEME: []}]
+        if machine_rule["kind"] != "public"
+        else [{}, {SECURITY_SCHEME: []}],
+        "x-keel-authorization": machine_rule,
+        "x-keel-rpc": binding.grpc_path,
+    }
+    body = builder.request_body(binding)
+    if body is not None:
+        operation["requestBody"] = body
+    return operation
+
+
 def build_document(
     bindings: Sequence[Binding], comments: dict[str, str] | None = None, *, title: str = "Keel API"
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of these bindings."""
+    """The OpenAPI 3.1 document of these bindings; server-streaming ones are documented as SSE."""
     builder = _Builder(comments if comments is not None else {})
     paths: dict[str, dict[str, Any]] = {}
     # Templated paths that differ only in variable names are one OpenAPI path: the first names win.
@@ -407,61 +526,16 @@ def build_document(
         if method in item:
             logger.warning("%s %s is documented already; %s is left out", method, path, binding.name)
             continue
-        parameters: list[Schema] = []
-        for (_, field_path, pattern), name in zip(path_parameters, canonical, strict=True):
-            if field_path is None:
-                parameters.append(
-                    {
-                        "name": name,
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "description": f"Any {'path' if pattern == REST else 'segment'}; not passed on.",
-                    }
-                )
-                continue
-            leaf = binding.path_fields[field_path][-1]
-            schema = dict(builder.value_schema(leaf))
-            text = builder.comments.get(leaf.full_name, "")
-            if name != field_path:
-                text = f"{text} Sets `{field_path}`.".strip()
-            if pattern != ONE:
-                text = f"{text} Matches `{pattern}` (slashes included).".strip()
-            parameter: Schema = {"name": name, "in": "path", "required": True, "schema": schema}
-            if text:
-                parameter["description"] = text
-            if name != field_path:
-                parameter["x-keel-field"] = field_path
-            parameters.append(parameter)
+        parameters = _path_parameters(builder, binding, path_parameters, canonical)
         parameters.extend(builder.query_parameters(binding))
-        service_tag = binding.service.name
+        if binding.method.server_streaming:
+            parameters.extend(_resume_parameters(binding))
+            success = _event_stream_success(builder, binding)
+        else:
+            success = _json_success(builder, binding)
         description = builder.comments.get(binding.service.full_name, binding.service.full_name)
-        tags.setdefault(service_tag, {"name": service_tag, "description": description})
-        rule, machine_rule = rule_text(binding.method)
-        comment = builder.comments.get(binding.method.full_name, "")
-        operation: Schema = {
-            "operationId": binding.method.full_name + (f"_{binding.index + 1}" if binding.index else ""),
-            "tags": [service_tag],
-            "summary": comment.split(". ")[0].rstrip(".") if comment else binding.method.name,
-            "description": f"{comment}\n\n**Authorization:** {rule}".strip(),
-            "parameters": parameters,
-            "responses": {
-                "200": {
-                    "description": "Success.",
-                    "content": {"application/json": {"schema": builder.response_schema(binding)}},
-                },
-                "default": {"$ref": "#/components/responses/Error"},
-            },
-            "security": [{SECURITY_SCHEME: []}]
-            if machine_rule["kind"] != "public"
-            else [{}, {SECURITY_SCHEME: []}],
-            "x-keel-authorization": machine_rule,
-            "x-keel-rpc": binding.grpc_path,
-        }
-        body = builder.request_body(binding)
-        if body is not None:
-            operation["requestBody"] = body
-        item[method] = operation
+        tags.setdefault(binding.service.name, {"name": binding.service.name, "description": description})
+        item[method] = _operation(builder, binding, parameters, success)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {

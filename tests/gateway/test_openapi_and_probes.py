@@ -1,5 +1,5 @@
-"""/openapi.json (valid OpenAPI 3.1 listing every annotated RPC with its authorization rule), /healthz,
-/readyz, the settings, and `python -m gateway` as a real process.
+"""/openapi.json (valid OpenAPI 3.1 listing every annotated RPC with its authorization rule, streams as
+Server-Sent Events), /healthz, /readyz, the settings, and `python -m gateway` as a real process.
 """
 
 from __future__ import annotations
@@ -31,13 +31,36 @@ def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
     return [operation for item in document["paths"].values() for operation in item.values()]
 
 
-def _annotated_unary_rpcs(packages: tuple[str, ...]) -> set[str]:
+def _annotated_served_rpcs(packages: tuple[str, ...]) -> set[str]:
+    """Annotated unary and server-streaming RPCs (client streams are not served)."""
     return {
         f"/{service.full_name}/{method.name}"
         for service in keel_services(packages)
         for method in service.methods
-        if http_rule(method) is not None and not method.server_streaming
+        if http_rule(method) is not None and not method.client_streaming
     }
+
+
+async def _control_plane_document() -> dict[str, Any]:
+    """/openapi.json of the default gateway: the control plane and the workspace server's RPCs."""
+    gateway = build_gateway(GatewaySettings())
+    try:
+        document: dict[str, Any] = json.loads(gateway.openapi)
+    finally:
+        await gateway.backends.close()
+    return document
+
+
+def _operation_of(document: dict[str, Any], rpc: str) -> tuple[str, dict[str, Any]]:
+    """(path, operation) of the one operation of an RPC (a "/pkg.Service/Method" path)."""
+    found = [
+        (path, operation)
+        for path, item in document["paths"].items()
+        for operation in item.values()
+        if operation["x-keel-rpc"] == rpc
+    ]
+    assert len(found) == 1, f"{rpc}: {len(found)} operations"
+    return found[0]
 
 
 async def test_openapi_json_is_valid_and_documents_every_served_rpc(echo_gateway: httpx.AsyncClient) -> None:
@@ -47,7 +70,7 @@ async def test_openapi_json_is_valid_and_documents_every_served_rpc(echo_gateway
     validate(document)
     assert document["openapi"] == "3.1.0"
     operations = _operations(document)
-    assert {operation["x-keel-rpc"] for operation in operations} == _annotated_unary_rpcs((TESTING_PACKAGE,))
+    assert {operation["x-keel-rpc"] for operation in operations} == _annotated_served_rpcs((TESTING_PACKAGE,))
     # One operation per binding: the additional bindings are documented too.
     expected = sum(len(bindings_of(service)) for service in keel_services([TESTING_PACKAGE]))
     assert len(operations) == expected
@@ -78,15 +101,11 @@ async def test_openapi_json_is_valid_and_documents_every_served_rpc(echo_gateway
 
 
 async def test_the_control_plane_document_lists_every_annotated_rpc_with_its_rule() -> None:
-    gateway = build_gateway(GatewaySettings())
-    try:
-        document = json.loads(gateway.openapi)
-    finally:
-        await gateway.backends.close()
+    document = await _control_plane_document()
     validate(document)
     operations = _operations(document)
-    # By default the workspace server's RPCs are served too (routed through orgs' registry).
-    served = _annotated_unary_rpcs((*CONTROL_PLANE, "keel.metadata.v1"))
+    # By default the workspace server's RPCs are served too (routed through orgs' registry), streams included.
+    served = _annotated_served_rpcs((*CONTROL_PLANE, "keel.metadata.v1"))
     assert {operation["x-keel-rpc"] for operation in operations} == served
     for operation in operations:
         assert "**Authorization:**" in operation["description"], operation["operationId"]
@@ -97,8 +116,54 @@ async def test_the_control_plane_document_lists_every_annotated_rpc_with_its_rul
 
 
 def test_the_document_of_every_keel_service_is_valid() -> None:
-    bindings = [binding for service in keel_services() for binding in bindings_of(service)]
+    bindings = [
+        binding
+        for service in keel_services()
+        for streaming in (False, True)
+        for binding in bindings_of(service, streaming=streaming)
+    ]
     validate(build_document(bindings, load_comments()))
+
+
+async def test_the_watch_streams_are_documented_as_server_sent_events() -> None:
+    document = await _control_plane_document()
+    validate(document)
+    watches = {
+        "WatchRun": "/v1/workspaces/{workspace_id}/projects/{project_id}/runs/{run_id}:watch",
+        "WatchRuns": "/v1/workspaces/{workspace_id}/projects/{project_id}/runs:watch",
+    }
+    for name, expected_path in watches.items():
+        path, operation = _operation_of(document, f"/keel.metadata.v1.RunService/{name}")
+        assert path == expected_path
+        assert operation["operationId"] == f"keel.metadata.v1.RunService.{name}"
+        success = operation["responses"]["200"]
+        assert list(success["content"]) == ["text/event-stream"]
+        assert success["content"]["text/event-stream"]["schema"] == {"type": "string"}
+        assert "Each event's `data` is keel.metadata.v1.RunEvent" in success["description"]
+        # The rest is a unary operation's: parameters, authorization rule, errors, security.
+        assert operation["responses"]["default"] == {"$ref": "#/components/responses/Error"}
+        assert operation["security"] == [{"bearer": []}]
+        assert "**Authorization:** Requires the permission" in operation["description"]
+        located = {(parameter["in"], parameter["name"]): parameter for parameter in operation["parameters"]}
+        assert {"workspace_id", "project_id"} <= {named for place, named in located if place == "path"}
+        assert ("query", "afterCursor") in located
+        resume = located[("header", "Last-Event-ID")]
+        assert resume["required"] is False
+        assert resume["schema"]["type"] == "string"
+        assert "resume cursor" in resume["description"]
+    _, watch_run = _operation_of(document, "/keel.metadata.v1.RunService/WatchRun")
+    assert watch_run["x-keel-authorization"]["permission"] == "run.read"
+
+
+async def test_the_event_schema_of_a_stream_is_a_component() -> None:
+    document = await _control_plane_document()
+    _, operation = _operation_of(document, "/keel.metadata.v1.RunService/WatchRuns")
+    event = operation["responses"]["200"]["content"]["text/event-stream"]["x-keel-event-schema"]
+    prefix = "#/components/schemas/"
+    assert event == {"$ref": prefix + "keel.metadata.v1.RunEvent"}
+    # The validator does not follow references inside extensions: the component must be there anyway.
+    schema = document["components"]["schemas"][event["$ref"].removeprefix(prefix)]
+    assert {"kind", "cursor", "run"} <= set(schema["properties"])
 
 
 async def test_healthz_and_readyz_follow_the_backends(
