@@ -10,11 +10,9 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.kit.server import serve_until_signalled
 
@@ -23,47 +21,11 @@ logger = logging.getLogger(__name__)
 _STARTUP_SECONDS = 10.0
 
 
-class CoalescingTransport:
-    """A transport that sends what was written in one turn of the event loop as one write.
-
-    uvicorn writes a response's head and its body separately: two send calls and two TCP segments
-    (TCP_NODELAY), so the client wakes twice. Held until the end of the turn, they go as one.
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        if self._pending and not self._transport.is_closing():
-            self._transport.write(b"".join(self._pending))
-        self._pending.clear()
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class _HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a coalescing transport."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
-
-
 def uvicorn_config(app: ASGIApp, *, drain_seconds: float) -> uvicorn.Config:
     """The uvicorn settings of the gateway: httptools, the kit's logging, no server header."""
     return uvicorn.Config(
         app,
-        http=_HttpProtocol,
+        http="httptools",
         loop="asyncio",
         lifespan="on",
         log_config=None,
