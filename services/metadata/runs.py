@@ -202,7 +202,7 @@ class Runs:
 
     async def get_run(self, project_id: str, run_id: str) -> RunRecord:
         """The run; NOT_FOUND also for another project's."""
-        async with self._store.transaction() as tx:
+        async with self._store.read() as tx:
             return await run_or_not_found(tx.conn, project_id, run_id)
 
     async def list_runs(

@@ -188,11 +188,21 @@ class MetadataStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # The same pool; its connections are in autocommit while lent out (see `read`).
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MetadataTx]:
         """A transaction: committed when the block ends normally, rolled back on an exception."""
         async with self.engine.begin() as conn:
+            yield MetadataTx(conn)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[MetadataTx]:
+        """A connection for ONE read statement, outside a transaction: on PostgreSQL no BEGIN and
+        COMMIT round trips around it. A single statement sees one snapshot either way (READ
+        COMMITTED); anything that reads twice or writes takes `transaction`."""
+        async with self._autocommit.connect() as conn:
             yield MetadataTx(conn)
 
 

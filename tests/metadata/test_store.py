@@ -198,3 +198,33 @@ async def test_keyset_pages_cover_every_visible_row_once(metadata_store: Metadat
         if not token:
             break
     assert seen == [f"p{index:02d}" for index in (6, 5, 4, 2, 1, 0)]
+
+
+async def _server_in_transaction(conn: AsyncConnection) -> bool:
+    """Whether the database itself has a transaction open on this connection (PostgreSQL's
+    ReadyForQuery status as asyncpg reports it; SQLite's own flag)."""
+    raw = await conn.get_raw_connection()
+    driver = raw.dbapi_connection
+    assert driver is not None
+    if conn.dialect.name == "postgresql":
+        return bool(driver._connection.is_in_transaction())
+    return bool(driver._connection.in_transaction)
+
+
+async def test_a_read_runs_outside_a_transaction_and_leaves_the_pool_transactional(
+    metadata_store: MetadataStore,
+) -> None:
+    project = _project("read-path")
+    async with metadata_store.transaction() as tx:
+        await tx.conn.execute(projects.insert().values(project))
+        assert await _server_in_transaction(tx.conn)
+    async with metadata_store.read() as tx:
+        found = (await tx.conn.execute(projects.select().where(projects.c.id == project["id"]))).first()
+        # No BEGIN was sent: the read's statement was its own (autocommitted) transaction.
+        assert not await _server_in_transaction(tx.conn)
+    assert found is not None
+    assert found.name == "read-path"
+    # The connection went back to the pool in its usual mode: a transaction after it is one.
+    async with metadata_store.transaction() as tx:
+        await tx.conn.execute(projects.update().values(description="after the read"))
+        assert await _server_in_transaction(tx.conn)
